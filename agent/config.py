@@ -387,18 +387,21 @@ class HealthConfig(Model):
     parallel: Annotated[int, Field(ge=1, le=32)] = 4
     checks: list[HealthCheckConfig] = []
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> HealthConfig:
-        _require_unique([c.name for c in self.checks], "check")
-        return self
+    @field_validator("checks")
+    @classmethod
+    def _unique_names(cls, checks: list) -> list:
+        _require_unique([c.name for c in checks], "check")
+        return checks
 
 
 def _require_unique(names: list[str], what: str) -> None:
-    seen: set[str] = set()
-    for name in names:
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
         if name in seen:
-            raise ValueError(f"two {what}s are named {name!r}; names must be unique")
-        seen.add(name)
+            raise ValueError(
+                f"{what} {index + 1} has the same name as {what} {seen[name] + 1} ({name!r}); names must be unique"
+            )
+        seen[name] = index
 
 
 # --- backup, tunnel and diagnostics (filled in by their own features) --------------------------

@@ -1,0 +1,38 @@
+# telemaint: `make demo` runs the agent on the example config; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR := var/demo
+
+.PHONY: demo test lint bench venv system-packages clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[server,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system-packages:
+	scripts/install-system-packages
+
+demo: $(STAMP)
+	mkdir -p $(DEMO_DIR)
+	TELEMAINT_STATE_DIR=$(DEMO_DIR) $(BIN)/telemaint config validate --config configs/agent.example.yaml
+	TELEMAINT_STATE_DIR=$(DEMO_DIR) $(BIN)/telemaint inventory --config configs/agent.example.yaml
+	TELEMAINT_STATE_DIR=$(DEMO_DIR) $(BIN)/telemaint check --config configs/agent.example.yaml; \
+		echo "telemaint check exited $$? (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)"
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent server tests bench
+
+test: $(STAMP) system-packages lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/collect.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

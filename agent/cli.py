@@ -1,0 +1,295 @@
+"""``telemaint``: argument parsing and printing only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, format_duration, load_config
+
+logger = logging.getLogger("telemaint")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CHECK_UNKNOWN = 3
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    checks = len(config.health.checks)
+    print(f"{config.source}: OK (device {config.device.name!r}, {checks} health check{'s' * (checks != 1)})")
+    return EXIT_OK
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    data = config.as_dict_secure()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    return EXIT_OK
+
+
+def build_inventory(config: AgentConfig, names: Sequence[str]) -> dict[str, Any]:
+    """Run the named collectors and return the inventory document (``telemaint inventory --json``)."""
+    from agent.collectors import CollectContext, run_collectors
+
+    context = CollectContext(config=config, state_dir=config.state_dir)
+    results = run_collectors(list(names), context)
+    return {
+        "agent_version": __version__,
+        "generated_at": utc_now_iso(),
+        "device": config.device.model_dump(),
+        "collectors": {name: result.as_dict() for name, result in results.items()},
+    }
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from agent.collectors import COLLECTOR_NAMES, get_collector
+
+    names = _parse_only(args.only, COLLECTOR_NAMES)
+    if args.fields:
+        for name in names:
+            collector = get_collector(name)
+            print(f"{name}: {collector.description}")
+            for field in collector.fields:
+                unit = f" [{field.unit}]" if field.unit else ""
+                print(f"  {field.path}{unit}  {field.description}")
+        return EXIT_OK
+    config = load_config(args.config)
+    inventory = build_inventory(config, names)
+    if args.json:
+        print(json.dumps(inventory, indent=2, sort_keys=False))
+    else:
+        for name, result in inventory["collectors"].items():
+            print(render_collector(name, result, get_collector(name).fields))
+    failed = [n for n, r in inventory["collectors"].items() if r["status"] == "failed"]
+    for name in failed:
+        logger.error("collector %s failed: %s", name, inventory["collectors"][name]["message"])
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def build_health(config: AgentConfig) -> dict[str, Any]:
+    """Run the configured health checks and return the health document (``telemaint check --json``)."""
+    from agent.collectors.health import run_checks, worst_status
+
+    results = run_checks(config.health)
+    worst = worst_status(r.status for r in results)
+    return {
+        "generated_at": utc_now_iso(),
+        "status": worst.name,
+        "exit_code": int(worst),
+        "checks": [r.as_dict() for r in results],
+    }
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        # Monitoring tools read exit 2 as CRITICAL; a check that cannot run is UNKNOWN.
+        _print_config_error(exc)
+        return EXIT_CHECK_UNKNOWN
+    health = build_health(config)
+    if args.json:
+        print(json.dumps(health, indent=2))
+    else:
+        print(render_health(health))
+    return health["exit_code"]
+
+
+def _parse_only(only: str | None, known: Sequence[str]) -> list[str]:
+    if not only:
+        return list(known)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise UsageError(f"--only: unknown collector {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+# --- human output ----------------------------------------------------------------------------
+
+
+def format_value(value: Any, unit: str | None) -> str:
+    """Return ``value`` for a person: bytes as KiB/MiB/GiB, seconds as 2d3h, percentages with %."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        if all(isinstance(v, str | int | float) for v in value):
+            return ", ".join(str(v) for v in value) or "-"
+        return f"{len(value)} items"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={format_value(v, None)}" for k, v in value.items()) or "-"
+    if unit == "B" and isinstance(value, int | float):
+        size = float(value)
+        for suffix in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(size) < 1024 or suffix == "TiB":
+                return f"{size:.0f} {suffix}" if suffix == "B" else f"{size:.1f} {suffix}"
+            size /= 1024
+    if unit == "s" and isinstance(value, int | float):
+        return format_duration(value)
+    if isinstance(value, float):
+        value = f"{value:.1f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
+    return f"{value} {unit}" if unit and unit not in ("count",) else str(value)
+
+
+def _get_path(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
+    """Return rows as aligned columns under ``headers``; the last column is not padded."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = []
+    for row in [list(headers), *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
+        lines.append(indent + "  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def render_collector(name: str, result: dict[str, Any], fields: Sequence[Any]) -> str:
+    """Return one collector's result as a section: its scalar fields, then a table per list."""
+    header = f"== {name} ({result['status']}, {result['duration_ms']:.0f} ms) =="
+    lines = [header]
+    if result.get("message"):
+        lines.append(f"  {result['message']}")
+    data = result.get("data") or {}
+    scalars = [f for f in fields if "[]" not in f.path]
+    if scalars:
+        width = max(len(f.description) for f in scalars)
+        for field in scalars:
+            value = _get_path(data, field.path)
+            if value is None and result["status"] != "ok":
+                continue
+            lines.append(f"  {field.description.ljust(width)}  {format_value(value, field.unit)}")
+    tables: dict[str, list[Any]] = {}
+    for field in fields:
+        if "[]" in field.path:
+            prefix, _, rest = field.path.partition("[].")
+            if rest and "[]" not in rest:
+                tables.setdefault(prefix, []).append((rest, field))
+    for prefix, columns in tables.items():
+        rows = _get_path(data, prefix)
+        if not isinstance(rows, list) or not rows:
+            continue
+        headers = [f.description for _, f in columns]
+        cells = [[format_value(_get_path(row, sub), f.unit) for sub, f in columns] for row in rows]
+        lines.append(f"  {prefix}:")
+        lines.append(render_table(headers, cells, indent="    "))
+    return "\n".join(lines) + "\n"
+
+
+def render_health(health: dict[str, Any]) -> str:
+    rows = [
+        [c["status"], c["name"], c["type"], format_value(c["value"], c["unit"]), c["message"] or ""]
+        for c in health["checks"]
+    ]
+    if not rows:
+        return "No health checks configured (health.checks in agent.yaml).\nOverall: OK"
+    table = render_table(["STATUS", "CHECK", "TYPE", "VALUE", "MESSAGE"], rows, indent="")
+    return f"{table}\nOverall: {health['status']}"
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"agent config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})",
+    )
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (-vv: debug)")
+
+    parser = argparse.ArgumentParser(
+        prog="telemaint",
+        parents=[common],
+        description="Remote maintenance agent: inventory, health checks, backups, support sessions.",
+    )
+    parser.add_argument("--version", action="version", version=f"telemaint {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    config = sub.add_parser("config", help="check or show the agent config")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    validate = config_sub.add_parser("validate", parents=[common], help="validate the config file; exit 2 if it has problems")
+    validate.set_defaults(func=cmd_config_validate)
+    show = config_sub.add_parser("show", parents=[common], help="print the effective config, secrets masked")
+    show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    show.set_defaults(func=cmd_config_show)
+
+    inventory = sub.add_parser("inventory", parents=[common], help="collect and print the machine's inventory")
+    inventory.add_argument("--json", action="store_true", help="print the stable JSON document (see README)")
+    inventory.add_argument("--only", metavar="NAMES", help="comma-separated collectors: system,versions,network,logs")
+    inventory.add_argument("--fields", action="store_true", help="describe each collector's fields and units")
+    inventory.set_defaults(func=cmd_inventory)
+
+    check = sub.add_parser("check", parents=[common], help="run the health checks; exit 0/1/2/3 like a monitoring plugin")
+    check.add_argument("--json", action="store_true", help="print the stable JSON document (see README)")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="telemaint: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    _setup_logging(getattr(args, "verbose", 0))
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"telemaint: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
