@@ -7,12 +7,18 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, format_duration, load_config
+from agent.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    format_duration,
+    load_config,
+)
+from agent.reports import health_document, inventory_document
 
 logger = logging.getLogger("telemaint")
 
@@ -20,10 +26,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHECK_UNKNOWN = 3
-
-
-def utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -48,20 +50,6 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_inventory(config: AgentConfig, names: Sequence[str]) -> dict[str, Any]:
-    """Run the named collectors and return the inventory document (``telemaint inventory --json``)."""
-    from agent.collectors import CollectContext, run_collectors
-
-    context = CollectContext(config=config, state_dir=config.state_dir)
-    results = run_collectors(list(names), context)
-    return {
-        "agent_version": __version__,
-        "generated_at": utc_now_iso(),
-        "device": config.device.model_dump(),
-        "collectors": {name: result.as_dict() for name, result in results.items()},
-    }
-
-
 def cmd_inventory(args: argparse.Namespace) -> int:
     from agent.collectors import COLLECTOR_NAMES, get_collector
 
@@ -75,7 +63,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
                 print(f"  {field.path}{unit}  {field.description}")
         return EXIT_OK
     config = load_config(args.config)
-    inventory = build_inventory(config, names)
+    inventory = inventory_document(config, names)
     if args.json:
         print(json.dumps(inventory, indent=2, sort_keys=False))
     else:
@@ -87,20 +75,6 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def build_health(config: AgentConfig) -> dict[str, Any]:
-    """Run the configured health checks and return the health document (``telemaint check --json``)."""
-    from agent.collectors.health import run_checks, worst_status
-
-    results = run_checks(config.health)
-    worst = worst_status(r.status for r in results)
-    return {
-        "generated_at": utc_now_iso(),
-        "status": worst.name,
-        "exit_code": int(worst),
-        "checks": [r.as_dict() for r in results],
-    }
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -108,7 +82,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         # Monitoring tools read exit 2 as CRITICAL; a check that cannot run is UNKNOWN.
         _print_config_error(exc)
         return EXIT_CHECK_UNKNOWN
-    health = build_health(config)
+    health = health_document(config)
     if args.json:
         print(json.dumps(health, indent=2))
     else:
@@ -231,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"agent config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})",
     )
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (-vv: debug)")
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (-vv: debug)"
+    )
 
     parser = argparse.ArgumentParser(
         prog="telemaint",
@@ -243,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="check or show the agent config")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    validate = config_sub.add_parser("validate", parents=[common], help="validate the config file; exit 2 if it has problems")
+    validate = config_sub.add_parser(
+        "validate", parents=[common], help="validate the config file; exit 2 if it has problems"
+    )
     validate.set_defaults(func=cmd_config_validate)
     show = config_sub.add_parser("show", parents=[common], help="print the effective config, secrets masked")
     show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
@@ -255,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     inventory.add_argument("--fields", action="store_true", help="describe each collector's fields and units")
     inventory.set_defaults(func=cmd_inventory)
 
-    check = sub.add_parser("check", parents=[common], help="run the health checks; exit 0/1/2/3 like a monitoring plugin")
+    check = sub.add_parser(
+        "check", parents=[common], help="run the health checks; exit 0/1/2/3 like a monitoring plugin"
+    )
     check.add_argument("--json", action="store_true", help="print the stable JSON document (see README)")
     check.set_defaults(func=cmd_check)
     return parser

@@ -377,8 +377,17 @@ class CommandCheck(CheckBase):
 
 
 HealthCheckConfig = Annotated[
-    DiskUsageCheck | MemoryCheck | LoadCheck | TemperatureCheck | ProcessCheck | SystemdUnitCheck
-    | TcpCheck | HttpCheck | FileAgeCheck | NtpSyncedCheck | CommandCheck,
+    DiskUsageCheck
+    | MemoryCheck
+    | LoadCheck
+    | TemperatureCheck
+    | ProcessCheck
+    | SystemdUnitCheck
+    | TcpCheck
+    | HttpCheck
+    | FileAgeCheck
+    | NtpSyncedCheck
+    | CommandCheck,
     Field(discriminator="type"),
 ]
 
@@ -536,9 +545,7 @@ def mask_url(url: str) -> str:
 
 def _mask(data: Any) -> Any:
     if isinstance(data, dict):
-        return {
-            k: (MASK if k in SECRET_KEYS and v is not None else _mask(v)) for k, v in data.items()
-        }
+        return {k: (MASK if k in SECRET_KEYS and v is not None else _mask(v)) for k, v in data.items()}
     if isinstance(data, list):
         return [_mask(v) for v in data]
     if isinstance(data, str) and "://" in data:

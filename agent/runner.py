@@ -6,6 +6,7 @@ No shell, a timeout that kills the whole process group, an output cap that keeps
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -174,7 +175,5 @@ def _failed_to_start(argv: tuple[str, ...], status: int, error: str, started: fl
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -82,18 +82,13 @@ def test_duplicate_keys_are_errors():
 
 
 def test_top_level_must_be_a_mapping():
-    assert problems_of("- a\n- b\n") == [
-        "agent.yaml:1: the file must be a mapping of sections (device:, server:, ...)"
-    ]
+    assert problems_of("- a\n- b\n") == ["agent.yaml:1: the file must be a mapping of sections (device:, server:, ...)"]
 
 
 def test_inline_secrets_are_refused_without_echoing_them():
-    problems = problems_of(
-        "backup:\n  store:\n    url: https://dav.example.com/\n    password: hunter2-secret\n"
-    )
+    problems = problems_of("backup:\n  store:\n    url: https://dav.example.com/\n    password: hunter2-secret\n")
     assert problems == [
-        "agent.yaml:4: backup.store.password: secrets do not belong in agent.yaml; "
-        "use a *_file key or a *_env variable"
+        "agent.yaml:4: backup.store.password: secrets do not belong in agent.yaml; use a *_file key or a *_env variable"
     ]
     assert "hunter2" not in "".join(problems)
 
@@ -109,8 +104,9 @@ def test_backup_sets_need_a_store_and_a_valid_schedule():
     problems = problems_of(
         "backup:\n  params:\n    - name: cal\n      paths: [/opt/cal]\n      schedule: '61 * * * *'\n"
     )
-    assert problems[0].startswith("agent.yaml:2: backup: backup sets are configured but backup.store is missing") or \
-        any("backup.params[0].schedule" in p for p in problems)
+    assert problems[0].startswith(
+        "agent.yaml:2: backup: backup sets are configured but backup.store is missing"
+    ) or any("backup.params[0].schedule" in p for p in problems)
     assert any(p.startswith("agent.yaml:5: backup.params[0].schedule: '61 * * * *'") for p in problems)
 
 
@@ -129,12 +125,8 @@ def test_command_strings_are_split_without_a_shell():
 
 
 def test_check_names_must_be_unique():
-    problems = problems_of(
-        "health:\n  checks:\n    - {name: a, type: memory}\n    - {name: a, type: load}\n"
-    )
-    assert problems == [
-        "agent.yaml:2: health.checks: check 2 has the same name as check 1 ('a'); names must be unique"
-    ]
+    problems = problems_of("health:\n  checks:\n    - {name: a, type: memory}\n    - {name: a, type: load}\n")
+    assert problems == ["agent.yaml:2: health.checks: check 2 has the same name as check 1 ('a'); names must be unique"]
 
 
 def test_missing_file_is_one_clear_line(tmp_path):

@@ -51,9 +51,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
 
 
 def test_output_cap_keeps_the_tail():
-    result = run_command(
-        [sys.executable, "-c", "for i in range(100000): print(f'line {i}')"], output_cap_bytes=1000
-    )
+    result = run_command([sys.executable, "-c", "for i in range(100000): print(f'line {i}')"], output_cap_bytes=1000)
     assert result.status == 0
     assert result.truncated
     assert len(result.output.encode()) <= 1000
