@@ -14,11 +14,12 @@ from agent import __version__
 from agent.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
+    AgentConfig,
     ConfigError,
     format_duration,
     load_config,
 )
-from agent.reports import health_document, inventory_document
+from agent.reports import health_document, inventory_document, utc_now_iso
 
 logger = logging.getLogger("telemaint")
 
@@ -26,6 +27,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHECK_UNKNOWN = 3
+EXIT_QUEUED = 75  # EX_TEMPFAIL: the report is safe in the outbox and will be sent later
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -88,6 +90,140 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(render_health(health))
     return health["exit_code"]
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from agent.daemon import prepare_state_dir
+    from agent.identity import Credentials, ensure_device_key, load_credentials, save_credentials
+    from agent.uplink import Uplink, UplinkError
+
+    config = load_config(args.config)
+    existing = load_credentials(config.state_dir)
+    if existing is not None and not args.force:
+        raise UsageError(
+            f"already enrolled as device {existing.device_id} with {existing.server_url}; use --force to enroll again"
+        )
+    ca_file = args.ca_file or config.server.ca_file
+    try:
+        uplink = Uplink(args.server, ca_file=str(ca_file) if ca_file else None, proxy=config.server.proxy)
+        prepare_state_dir(config.state_dir)
+        public_key = ensure_device_key(config.state_dir)
+        reply = uplink.enroll(args.code, config.device.model_dump(), public_key)
+    except UplinkError as exc:
+        print(f"telemaint: enrollment failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    credentials = Credentials(
+        device_id=str(reply["device_id"]),
+        token=reply["token"],
+        server_url=uplink.base_url,
+        enrolled_at=utc_now_iso(),
+        ca_file=str(ca_file) if ca_file else None,
+    )
+    save_credentials(config.state_dir, credentials)
+    print(f"enrolled as device {credentials.device_id} with {credentials.server_url}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import AgentDaemon
+
+    config = load_config(args.config)
+    if not getattr(args, "verbose", 0):
+        logging.getLogger().setLevel(config.log_level.upper())
+    AgentDaemon(config).run()
+    return EXIT_OK
+
+
+def offline_status(config: AgentConfig) -> dict[str, Any]:
+    """Return what can be known without the daemon: enrollment and the outbox."""
+    from agent.daemon import outbox_path
+    from agent.identity import load_credentials
+    from agent.outbox import Outbox
+
+    credentials = load_credentials(config.state_dir)
+    depth = {"total": 0}
+    if outbox_path(config).exists():
+        with Outbox(outbox_path(config)) as outbox:
+            depth = outbox.depth()
+    return {
+        "daemon": {"running": False},
+        "enrolled": credentials is not None,
+        "device_id": credentials.device_id if credentials else None,
+        "server_url": config.server.url or (credentials.server_url if credentials else None),
+        "server_reachable": None,
+        "last_contact_at": None,
+        "last_sent_at": None,
+        "last_error": None,
+        "outbox": depth,
+        "health": {"status": None, "at": None},
+        "jobs": {},
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.daemon import ask_daemon
+
+    config = load_config(args.config)
+    reply = ask_daemon(config, {"action": "status"}, timeout_s=10)
+    status = reply["status"] if reply and reply.get("ok") else offline_status(config)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(render_status(status))
+    return EXIT_OK if status["daemon"]["running"] else EXIT_FAILED
+
+
+def render_status(status: dict[str, Any]) -> str:
+    daemon = status["daemon"]
+    reachable = {True: "yes", False: "no", None: "unknown"}[status["server_reachable"]]
+    rows = [
+        (
+            "daemon",
+            f"running (pid {daemon['pid']}, since {daemon['started_at']})" if daemon["running"] else "not running",
+        ),
+        ("enrolled", f"yes, device {status['device_id']}" if status["enrolled"] else "no (telemaint enroll)"),
+        ("server", status["server_url"] or "-"),
+        ("server reachable", reachable + (f" ({status['last_error']})" if status["last_error"] else "")),
+        ("last contact", status["last_contact_at"] or "-"),
+        ("last report sent", status["last_sent_at"] or "-"),
+        ("outbox", f"{status['outbox']['total']} queued"),
+        ("health", status["health"]["status"] or "-"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from agent.daemon import ask_daemon, flush_outbox, make_uplink, outbox_path, prepare_state_dir
+    from agent.identity import load_credentials
+    from agent.outbox import Outbox, new_report
+    from agent.reports import heartbeat_document
+
+    config = load_config(args.config)
+    reply = ask_daemon(config, {"action": "report", "kind": args.kind})
+    if reply is None:
+        documents = {
+            "heartbeat": heartbeat_document,
+            "inventory": inventory_document,
+            "health": health_document,
+        }
+        prepare_state_dir(config.state_dir)
+        with Outbox(outbox_path(config)) as outbox:
+            outbox.put(new_report(args.kind, documents[args.kind](config)))
+            credentials = load_credentials(config.state_dir)
+            if credentials is None:
+                reply = {"ok": True, "sent": False, "queued": outbox.depth()["total"], "error": "not enrolled"}
+            else:
+                uplink = make_uplink(config, credentials)
+                result = flush_outbox(outbox, uplink)
+                reply = {"ok": True, "sent": result.error is None, "queued": result.remaining, "error": result.error}
+    if not reply.get("ok"):
+        raise UsageError(reply.get("error", "the daemon refused the request"))
+    if reply["sent"]:
+        print(f"{args.kind} report sent")
+        return EXIT_OK
+    print(f"{args.kind} report queued ({reply['queued']} in the outbox): {reply['error']}")
+    return EXIT_QUEUED
 
 
 def _parse_only(only: str | None, known: Sequence[str]) -> list[str]:
@@ -238,6 +374,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="print the stable JSON document (see README)")
     check.set_defaults(func=cmd_check)
+
+    enroll = sub.add_parser("enroll", parents=[common], help="enroll this device with the server (one-time code)")
+    enroll.add_argument("--server", required=True, metavar="URL", help="the server, e.g. https://telemaint.example.com")
+    enroll.add_argument("--code", required=True, help="the one-time enrollment code from the server")
+    enroll.add_argument(
+        "--ca-file", type=Path, help="trust this CA for the server (default: server.ca_file or system CAs)"
+    )
+    enroll.add_argument("--force", action="store_true", help="enroll again even if already enrolled")
+    enroll.set_defaults(func=cmd_enroll)
+
+    run = sub.add_parser("run", parents=[common], help="run the agent service (systemd starts this)")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser(
+        "status", parents=[common], help="show the agent's state; exit 1 if the daemon is not running"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+
+    report = sub.add_parser("report", parents=[common], help="send one report now, or queue it; say which")
+    report.add_argument("--kind", choices=("heartbeat", "inventory", "health"), default="heartbeat")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

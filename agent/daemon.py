@@ -1,0 +1,457 @@
+"""The agent service (``telemaint run``): scheduled jobs, a sender with backoff, a control socket.
+
+Jobs (APScheduler, jittered intervals from ``server.intervals``): heartbeat, inventory, health and
+command polling. Every report goes to the :class:`~agent.outbox.Outbox` first; one sender thread
+delivers the outbox in order, backing off exponentially (with jitter, up to 5 minutes) while the
+server is unreachable and resetting on success. A failing job is logged and the daemon goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import logging
+import os
+import pwd
+import random
+import signal
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.identity import Credentials, load_credentials
+from agent.outbox import Outbox, new_report
+from agent.reports import health_document, heartbeat_document, inventory_document, utc_now_iso
+from agent.uplink import MAX_BATCH_REPORTS, Uplink, UplinkError
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_FILE = "outbox.sqlite"
+CONTROL_SOCKET_FILE = "control.sock"
+CONTROL_GROUP = "telemaint"
+BACKOFF_BASE_S = 5.0
+BACKOFF_MAX_S = 300.0
+CONTROL_TIMEOUT_S = 120.0
+MAX_CONTROL_REQUEST_BYTES = 64 * 1024
+# Commands the server may ask for: a fixed allowlist, never a shell.
+ALLOWED_COMMANDS = ("run_checks", "collect_inventory")
+
+
+def outbox_path(config: AgentConfig) -> Path:
+    return config.state_dir / OUTBOX_FILE
+
+
+def control_socket_path(config: AgentConfig) -> Path:
+    return config.state_dir / CONTROL_SOCKET_FILE
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create the state directory (0750, group ``telemaint`` when that group exists)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    with contextlib.suppress(KeyError, PermissionError):
+        os.chown(state_dir, -1, grp.getgrnam(CONTROL_GROUP).gr_gid)
+
+
+def make_uplink(config: AgentConfig, credentials: Credentials) -> Uplink:
+    return Uplink(
+        config.server.url or credentials.server_url,
+        token=credentials.token,
+        ca_file=str(config.server.ca_file) if config.server.ca_file else credentials.ca_file,
+        proxy=config.server.proxy,
+        timeout_s=config.server.timeout,
+    )
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: 5 s, 10 s, 20 s ... up to 5 minutes; reset on success."""
+
+    base_s: float = BACKOFF_BASE_S
+    max_s: float = BACKOFF_MAX_S
+    failures: int = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.max_s, self.base_s * 2**self.failures)
+        self.failures += 1
+        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class DeliveryResult:
+    sent: int = 0
+    remaining: int = 0
+    error: str | None = None
+
+
+def flush_outbox(outbox: Outbox, uplink: Uplink, stop: threading.Event | None = None) -> DeliveryResult:
+    """Send queued reports in order, batch by batch, deleting each one the server acknowledges.
+
+    Stops at the first failure and returns what happened (never raises for the server's faults).
+    """
+    result = DeliveryResult()
+    while not (stop and stop.is_set()):
+        batch = outbox.peek(limit=MAX_BATCH_REPORTS)
+        if not batch:
+            break
+        try:
+            acked = set(uplink.send_reports([r.as_wire() for r in batch]))
+        except UplinkError as exc:
+            result.error = str(exc)
+            break
+        result.sent += outbox.ack(r.id for r in batch if r.id in acked)
+        if not acked.intersection(r.id for r in batch):
+            result.error = "the server acknowledged none of the reports sent"
+            break
+    result.remaining = outbox.depth()["total"]
+    return result
+
+
+@dataclass
+class DaemonState:
+    started_at: str = field(default_factory=utc_now_iso)
+    last_contact_at: str | None = None
+    last_sent_at: str | None = None
+    last_error: str | None = None
+    server_reachable: bool | None = None
+    health_status: str | None = None
+    health_at: str | None = None
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class AgentDaemon:
+    """The running agent. :meth:`run` blocks until :meth:`stop` (SIGTERM/SIGINT)."""
+
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.state_dir = config.state_dir
+        prepare_state_dir(self.state_dir)
+        self.outbox = Outbox(outbox_path(config))
+        self.state = DaemonState()
+        self._stop = threading.Event()
+        self._wake_sender = threading.Event()
+        self._server_back = threading.Event()
+        self._send_lock = threading.RLock()
+        self._uplink: Uplink | None = None
+        self._uplink_lock = threading.Lock()
+        self._scheduler: Any = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        intervals = self.config.server.intervals
+        scheduler = BackgroundScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        now = datetime.now(UTC)
+        for name, interval_s, func in (
+            ("heartbeat", intervals.heartbeat, self.job_heartbeat),
+            ("inventory", intervals.inventory, self.job_inventory),
+            ("health", intervals.health, self.job_health),
+            ("commands", intervals.commands, self.job_commands),
+        ):
+            scheduler.add_job(
+                self._guarded(name, func),
+                IntervalTrigger(seconds=interval_s, jitter=interval_s * intervals.jitter, timezone=UTC),
+                id=name,
+                name=name,
+                next_run_time=now,
+            )
+        self._scheduler = scheduler
+        sender = threading.Thread(target=self._sender_loop, name="sender", daemon=True)
+        control = threading.Thread(target=self._control_loop, name="control", daemon=True)
+        self._install_signal_handlers()
+        self._queue_event("agent_started", f"telemaint agent started (pid {os.getpid()})")
+        scheduler.start()
+        sender.start()
+        control.start()
+        logger.info("telemaint agent running; state in %s", self.state_dir)
+        self._stop.wait()
+        logger.info("stopping")
+        scheduler.shutdown(wait=False)
+        self._wake_sender.set()
+        sender.join(timeout=5)
+        with contextlib.suppress(FileNotFoundError):
+            control_socket_path(self.config).unlink()
+        self.outbox.close()
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+        self._wake_sender.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+
+    def _guarded(self, name: str, func: Any) -> Any:
+        def job() -> None:
+            started = time.monotonic()
+            record = self.state.jobs.setdefault(name, {})
+            try:
+                func()
+                record.update(last_ok_at=utc_now_iso(), last_error=None)
+            except Exception as exc:
+                logger.error("job %s failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+                record.update(last_error=f"{type(exc).__name__}: {exc}", last_error_at=utc_now_iso())
+            record["last_duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+
+        return job
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def queue(self, kind: str, payload: dict[str, Any]) -> str:
+        """Put a report in the outbox and wake the sender; return its UUID."""
+        report = new_report(kind, payload)
+        self.outbox.put(report)
+        self._wake_sender.set()
+        return report.id
+
+    def _queue_event(self, event_type: str, message: str, **details: Any) -> None:
+        event = {"time": utc_now_iso(), "type": event_type, "message": message, **details}
+        self.queue("events", {"events": [event]})
+
+    def job_heartbeat(self) -> None:
+        self.queue("heartbeat", heartbeat_document(self.config, outbox_depth=self.outbox.depth()["total"]))
+
+    def job_inventory(self) -> None:
+        self.queue("inventory", inventory_document(self.config))
+
+    def job_health(self) -> dict[str, Any]:
+        health = health_document(self.config)
+        previous = self.state.health_status
+        self.state.health_status = health["status"]
+        self.state.health_at = health["generated_at"]
+        self.queue("health", health)
+        if previous is not None and previous != health["status"]:
+            self._queue_event(
+                "health_changed", f"health {previous} -> {health['status']}", old=previous, new=health["status"]
+            )
+        return health
+
+    def job_commands(self) -> None:
+        uplink = self._get_uplink()
+        if uplink is None:
+            return
+        try:
+            commands = uplink.fetch_commands()
+        except UplinkError as exc:
+            self._note_failure(str(exc))
+            return
+        self._note_contact()
+        for command in commands:
+            self._run_server_command(uplink, command)
+
+    def _run_server_command(self, uplink: Uplink, command: dict[str, Any]) -> None:
+        kind = command.get("kind")
+        command_id = command.get("id")
+        logger.info("server command %s: %s", command_id, kind)
+        if kind not in ALLOWED_COMMANDS:
+            status, message, result = "failed", f"command {kind!r} is not allowed on this device", None
+        else:
+            try:
+                if kind == "run_checks":
+                    health = self.job_health()
+                    status = "done"
+                    message = f"{health['status']}: {len(health['checks'])} checks"
+                    result = {"status": health["status"], "generated_at": health["generated_at"]}
+                else:
+                    self.job_inventory()
+                    status, message, result = "done", "inventory collected and queued", None
+            except Exception as exc:
+                status, message, result = "failed", f"{type(exc).__name__}: {exc}", None
+        # Deliver the reports first, so support sees the data when the command shows done.
+        self._deliver_now(uplink)
+        try:
+            uplink.send_command_result(command_id, status, message, result)
+        except UplinkError as exc:
+            logger.warning("could not report the result of command %s: %s", command_id, exc)
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    def _get_uplink(self) -> Uplink | None:
+        with self._uplink_lock:
+            if self._uplink is None:
+                credentials = load_credentials(self.state_dir)
+                if credentials is None:
+                    return None
+                self._uplink = make_uplink(self.config, credentials)
+            return self._uplink
+
+    def _note_contact(self) -> None:
+        if self.state.server_reachable is False:
+            self._server_back.set()
+            self._wake_sender.set()
+        self.state.server_reachable = True
+        self.state.last_contact_at = utc_now_iso()
+        self.state.last_error = None
+
+    def _note_failure(self, error: str) -> None:
+        self.state.server_reachable = False
+        self.state.last_error = error
+
+    def _deliver_now(self, uplink: Uplink) -> DeliveryResult:
+        with self._send_lock:
+            result = flush_outbox(self.outbox, uplink, self._stop)
+        if result.error:
+            self._note_failure(result.error)
+        else:
+            self._note_contact()
+        if result.sent:
+            self.state.last_sent_at = utc_now_iso()
+        return result
+
+    def _sender_loop(self) -> None:
+        backoff = Backoff()
+        retry_at: float | None = None
+        while not self._stop.is_set():
+            self._wake_sender.wait(timeout=None if retry_at is None else max(0.0, retry_at - time.monotonic()))
+            if self._stop.is_set():
+                break
+            self._wake_sender.clear()
+            if retry_at is not None and time.monotonic() < retry_at and not self._server_back.is_set():
+                continue  # new reports do not cut a backoff short; the server answering again does
+            self._server_back.clear()
+            uplink = self._get_uplink()
+            if uplink is None:
+                retry_at = None
+                continue
+            try:
+                result = self._deliver_now(uplink)
+            except Exception as exc:  # a bug must not stop delivery for good
+                logger.exception("sender failed")
+                result = DeliveryResult(error=f"{type(exc).__name__}: {exc}")
+            if result.error:
+                delay = backoff.next_delay()
+                retry_at = time.monotonic() + delay
+                logger.warning(
+                    "delivery failed (%s); %d queued; retrying in %.0fs", result.error, result.remaining, delay
+                )
+            else:
+                backoff.reset()
+                retry_at = None
+
+    # --- control socket ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        credentials = load_credentials(self.state_dir)
+        return {
+            "daemon": {"running": True, "pid": os.getpid(), "started_at": self.state.started_at},
+            "enrolled": credentials is not None,
+            "device_id": credentials.device_id if credentials else None,
+            "server_url": (self.config.server.url or credentials.server_url) if credentials else self.config.server.url,
+            "server_reachable": self.state.server_reachable,
+            "last_contact_at": self.state.last_contact_at,
+            "last_sent_at": self.state.last_sent_at,
+            "last_error": self.state.last_error,
+            "outbox": self.outbox.depth(),
+            "health": {"status": self.state.health_status, "at": self.state.health_at},
+            "jobs": self.state.jobs,
+        }
+
+    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        action = request.get("action")
+        if action == "status":
+            return {"ok": True, "status": self.status()}
+        if action == "report":
+            kind = request.get("kind", "heartbeat")
+            jobs = {"heartbeat": self.job_heartbeat, "inventory": self.job_inventory, "health": self.job_health}
+            if kind not in jobs:
+                return {"ok": False, "error": f"unknown report kind {kind!r}"}
+            jobs[kind]()
+            uplink = self._get_uplink()
+            if uplink is None:
+                return {"ok": True, "sent": False, "queued": self.outbox.depth()["total"], "error": "not enrolled"}
+            result = self._deliver_now(uplink)
+            return {"ok": True, "sent": result.error is None, "queued": result.remaining, "error": result.error}
+        return {"ok": False, "error": f"unknown action {action!r}"}
+
+    def _control_loop(self) -> None:
+        path = control_socket_path(self.config)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o117)
+        try:
+            server.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        with contextlib.suppress(KeyError, PermissionError):
+            os.chown(path, -1, grp.getgrnam(CONTROL_GROUP).gr_gid)
+        server.listen(8)
+        server.settimeout(1.0)
+        with server:
+            while not self._stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                threading.Thread(target=self._serve_client, args=(conn,), daemon=True).start()
+
+    def _serve_client(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(CONTROL_TIMEOUT_S)
+            try:
+                if not peer_allowed(conn):
+                    reply: dict[str, Any] = {"ok": False, "error": "permission denied: root or group telemaint only"}
+                else:
+                    data = _read_line(conn)
+                    reply = self.handle_request(json.loads(data))
+            except (ValueError, OSError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def peer_allowed(conn: socket.socket) -> bool:
+    """Return True when the peer is root, the daemon's own user, or in the ``telemaint`` group."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, gid = struct.unpack("3i", creds)
+    if uid in (0, os.geteuid()):
+        return True
+    try:
+        group_id = grp.getgrnam(CONTROL_GROUP).gr_gid
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return gid == group_id or group_id in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_CONTROL_REQUEST_BYTES:
+            raise ValueError("request too large")
+    return data
+
+
+def ask_daemon(
+    config: AgentConfig, request: dict[str, Any], timeout_s: float = CONTROL_TIMEOUT_S
+) -> dict[str, Any] | None:
+    """Send ``request`` to a running daemon over its control socket; return its reply, or None
+    when no daemon is listening."""
+    path = control_socket_path(config)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout_s)
+        try:
+            client.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        client.sendall(json.dumps(request).encode() + b"\n")
+        return json.loads(_read_line(client) or b"null")
