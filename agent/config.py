@@ -281,7 +281,17 @@ class CollectConfig(Model):
 
 class CheckBase(Model):
     name: Name
-    timeout: Duration = 10.0
+    timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=3600)] = 10.0
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> CheckBase:
+        warning, critical = getattr(self, "warning", None), getattr(self, "critical", None)
+        if warning is not None and critical is not None and warning > critical:
+            raise ValueError(f"warning ({warning:g}) is above critical ({critical:g}); higher values are worse")
+        minimum, maximum = getattr(self, "min", None), getattr(self, "max", None)
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise ValueError(f"min ({minimum}) is above max ({maximum})")
+        return self
 
 
 class DiskUsageCheck(CheckBase):
@@ -328,7 +338,7 @@ class ProcessCheck(CheckBase):
 
 class SystemdUnitCheck(CheckBase):
     type: Literal["systemd_unit"]
-    unit: str
+    unit: Annotated[str, Field(min_length=1)]
 
 
 class TcpCheck(CheckBase):
@@ -650,6 +660,9 @@ def _describe(error: dict, root: yaml.Node | None, filename: str) -> str:
         loc.append("type")
     for position, part in enumerate(loc):
         child = _child(node, part)
+        type_node = _child(node, "type")
+        if child is None and type_node is not None and type_node[1].value == part:
+            continue  # the tag pydantic adds for a discriminated union, not a key in the file
         if child is None:
             if position == len(loc) - 1 or not isinstance(part, str) or isinstance(node, yaml.ScalarNode):
                 # A missing key (or a value pydantic looked into): name it, point at its parent.

@@ -184,3 +184,16 @@ def test_dump_masks_secrets():
     dumped = config.as_dict_secure()
     assert dumped["server"]["proxy"] == "http://user:***@proxy.example.com:3128"
     assert mask_url("https://a.example.com/x") == "https://a.example.com/x"
+
+
+def test_thresholds_must_be_in_order():
+    problems = problems_of(
+        "health:\n  checks:\n    - {name: d, type: disk_usage, warning: 95, critical: 85}\n"
+        "    - {name: p, type: process, process: x, min: 3, max: 1}\n"
+        "    - {name: t, type: tcp, port: 22, timeout: 0}\n"
+    )
+    assert problems == [
+        "agent.yaml:3: health.checks[0]: warning (95) is above critical (85); higher values are worse",
+        "agent.yaml:4: health.checks[1]: min (3) is above max (1)",
+        "agent.yaml:5: health.checks[2].timeout: Input should be greater than 0",
+    ]
