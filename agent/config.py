@@ -659,10 +659,10 @@ def _describe(error: dict, root: yaml.Node | None, filename: str) -> str:
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc.append("type")
     for position, part in enumerate(loc):
-        child = _child(node, part)
         type_node = _child(node, "type")
-        if child is None and type_node is not None and type_node[1].value == part:
-            continue  # the tag pydantic adds for a discriminated union, not a key in the file
+        if position and isinstance(loc[position - 1], int) and type_node and type_node[1].value == part:
+            continue  # the tag pydantic adds after a list item of a discriminated union
+        child = _child(node, part)
         if child is None:
             if position == len(loc) - 1 or not isinstance(part, str) or isinstance(node, yaml.ScalarNode):
                 # A missing key (or a value pydantic looked into): name it, point at its parent.
