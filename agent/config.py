@@ -146,7 +146,7 @@ Priority = Literal["emerg", "alert", "crit", "err", "warning", "notice", "info",
 class Model(BaseModel):
     """Base of every config section: unknown keys are errors, so typos do not pass silently."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, defer_build=True)
 
 
 def read_secret(file: Path | None, env: str | None, what: str) -> str | None:
@@ -198,7 +198,7 @@ class ServerConfig(Model):
     ca_file: Path | None = None
     proxy: str | None = None
     timeout: Duration = 30.0
-    intervals: Intervals = Intervals()
+    intervals: Intervals = Field(default_factory=Intervals)
 
     @field_validator("url")
     @classmethod
@@ -266,14 +266,14 @@ DEFAULT_ERROR_PATTERNS = [r"(?i)\b(error|err|critical|crit|fatal|panic|emerg|ale
 
 
 class LogsConfig(Model):
-    journal: JournalConfig = JournalConfig()
+    journal: JournalConfig = Field(default_factory=JournalConfig)
     files: list[LogFileConfig] = []
     error_patterns: list[Regex] = DEFAULT_ERROR_PATTERNS
 
 
 class CollectConfig(Model):
-    versions: VersionsConfig = VersionsConfig()
-    logs: LogsConfig = LogsConfig()
+    versions: VersionsConfig = Field(default_factory=VersionsConfig)
+    logs: LogsConfig = Field(default_factory=LogsConfig)
 
 
 # --- health checks ----------------------------------------------------------------------------
@@ -461,7 +461,7 @@ class ParamSetConfig(Model):
     paths: Annotated[list[str], Field(min_length=1)]
     exclude: list[str] = []
     schedule: Cron = "30 1 * * *"
-    keep: Retention = Retention(last=7, daily=14, weekly=8, monthly=12)
+    keep: Retention = Field(default_factory=lambda: Retention(last=7, daily=14, weekly=8, monthly=12))
 
 
 class ImageConfig(Model):
@@ -470,7 +470,7 @@ class ImageConfig(Model):
     pre: Command | None = None
     post: Command | None = None
     schedule: Cron = "0 2 * * *"
-    keep: Retention = Retention(last=3, weekly=4, monthly=6)
+    keep: Retention = Field(default_factory=lambda: Retention(last=3, weekly=4, monthly=6))
 
 
 class EncryptionConfig(Model):
@@ -499,7 +499,7 @@ class TunnelService(Model):
 
 
 class TunnelConfig(Model):
-    services: list[TunnelService] = [TunnelService(name="ssh", port=22)]
+    services: list[TunnelService] = Field(default_factory=lambda: [TunnelService(name="ssh", port=22)])
     default_duration: Duration = 2 * 3600.0
     max_duration: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=7 * 86400)] = 8 * 3600.0
     proxy: str | None = None
@@ -527,15 +527,15 @@ class DiagnosticsConfig(Model):
 
 
 class AgentConfig(Model):
-    device: DeviceConfig = DeviceConfig()
-    server: ServerConfig = ServerConfig()
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     state_dir: Path = DEFAULT_STATE_DIR
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    collect: CollectConfig = CollectConfig()
-    health: HealthConfig = HealthConfig()
-    backup: BackupConfig = BackupConfig()
-    tunnel: TunnelConfig = TunnelConfig()
-    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
+    tunnel: TunnelConfig = Field(default_factory=TunnelConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     source: Path | None = Field(default=None, exclude=True)
 
