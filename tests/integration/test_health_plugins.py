@@ -3,10 +3,6 @@ exit codes become statuses and perfdata is parsed with the plugins' own labels a
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-from collections.abc import Iterator
-
 import pytest
 from pydantic import TypeAdapter
 
@@ -48,18 +44,6 @@ def test_check_disk(thresholds, status):
     assert 0 < root["value"] < root["max"]
     assert isinstance(root["warning"], int) and isinstance(root["critical"], int)
     assert (result.value, result.unit) == (root["value"], root["unit"])
-
-
-@pytest.fixture
-def sleeper() -> Iterator[str]:
-    """A real `sleep` process with a unique argument; yields that argument."""
-    argument = f"3600.{uuid.uuid4().int % 10**9:09d}"
-    proc = subprocess.Popen(["sleep", argument])
-    try:
-        yield argument
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,8 @@ import ipaddress
 import os
 import socket
 import ssl
-import subprocess
 import threading
 import time
-import uuid
 from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,18 +200,6 @@ def test_temperature_with_no_matching_sensor_names_the_sensors(monkeypatch):
 
 
 # --- process ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sleeper() -> Iterator[str]:
-    """A real `sleep` process with a unique argument; yields that argument."""
-    argument = f"3600.{uuid.uuid4().int % 10**9:09d}"
-    proc = subprocess.Popen(["sleep", argument])
-    try:
-        yield argument
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.mark.parametrize(
