@@ -27,6 +27,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHECK_UNKNOWN = 3
+MAX_LIST_IN_CELL = 4
 EXIT_QUEUED = 75  # EX_TEMPFAIL: the report is safe in the outbox and will be sent later
 
 
@@ -264,6 +265,13 @@ def format_value(value: Any, unit: str | None) -> str:
     return f"{value} {unit}" if unit and unit not in ("count",) else str(value)
 
 
+def format_cell(value: Any, unit: str | None) -> str:
+    """Return ``value`` for a table cell: like :func:`format_value`, long lists as a count."""
+    if isinstance(value, list) and len(value) > MAX_LIST_IN_CELL:
+        return f"{len(value)} items"
+    return format_value(value, unit)
+
+
 def _get_path(data: Any, path: str) -> Any:
     for part in path.split("."):
         if not isinstance(data, dict):
@@ -307,8 +315,8 @@ def render_collector(name: str, result: dict[str, Any], fields: Sequence[Any]) -
         rows = _get_path(data, prefix)
         if not isinstance(rows, list) or not rows:
             continue
-        headers = [f.description for _, f in columns]
-        cells = [[format_value(_get_path(row, sub), f.unit) for sub, f in columns] for row in rows]
+        headers = [sub.replace("_", " ") for sub, _ in columns]
+        cells = [[format_cell(_get_path(row, sub), f.unit) for sub, f in columns] for row in rows]
         lines.append(f"  {prefix}:")
         lines.append(render_table(headers, cells, indent="    "))
     return "\n".join(lines) + "\n"

@@ -316,7 +316,7 @@ class NetworkCollector(Collector):
     fields = (
         Field("interfaces[].name", "Interface name"),
         Field("interfaces[].mac", "Hardware address"),
-        Field("interfaces[].mtu", "Largest packet", "B"),
+        Field("interfaces[].mtu", "Largest packet (MTU, bytes)"),
         Field("interfaces[].up", "Link is up (carrier present)"),
         Field("interfaces[].speed_mbps", "Link speed (None when unknown)", "Mbit/s"),
         Field("interfaces[].duplex", "full, half or None when unknown"),
