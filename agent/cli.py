@@ -131,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not getattr(args, "verbose", 0):
         logging.getLogger().setLevel(config.log_level.upper())
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     AgentDaemon(config).run()
     return EXIT_OK
 

@@ -17,6 +17,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+
+# Pydantic looks for plugins through importlib.metadata on first use (3 MB and 20 ms); we use none.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
 from pydantic import (
     BaseModel,
     BeforeValidator,
