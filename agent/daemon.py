@@ -216,6 +216,7 @@ class AgentDaemon:
         """Put a report in the outbox and wake the sender; return its UUID."""
         report = new_report(kind, payload)
         self.outbox.put(report)
+        logger.debug("queued %s report %s", kind, report.id)
         self._wake_sender.set()
         return report.id
 
