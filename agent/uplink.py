@@ -105,7 +105,8 @@ class Uplink:
 
     def enroll(self, code: str, device: dict[str, Any], ssh_public_key: str) -> dict[str, Any]:
         """Enroll with a one-time ``code``; return ``{device_id, token, heartbeat_interval_s}``."""
-        body = {**device, "code": code, "ssh_public_key": ssh_public_key, "agent_version": __version__}
+        known = {key: value for key, value in device.items() if value is not None}
+        body = {**known, "code": code, "ssh_public_key": ssh_public_key, "agent_version": __version__}
         reply = self._request("POST", "/enroll", body)
         if not isinstance(reply, dict) or "device_id" not in reply or "token" not in reply:
             raise UplinkError("the server's enrollment reply lacks device_id or token", retryable=False)

@@ -1,0 +1,84 @@
+"""Agent endpoints, authenticated by the device token: reports in, commands out, results in."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from server.api.deps import CurrentDevice, NowDep, RowIdPath, SessionDep
+from server.api.models import (
+    AckOut,
+    AgentCommandListOut,
+    AgentCommandOut,
+    CommandOut,
+    CommandResultIn,
+    ReportBatchIn,
+)
+from server.ingest import store_reports
+from server.models import Command
+
+log = logging.getLogger(__name__)
+
+COMMANDS_PER_POLL = 20
+STORE_ATTEMPTS = 2
+
+router = APIRouter(prefix="/agent", tags=["agent"])
+
+
+@router.post("/reports")
+def post_reports(batch: ReportBatchIn, device: CurrentDevice, session: SessionDep, now: NowDep) -> AckOut:
+    """Store a batch; ack every report stored now or before (duplicates are not stored twice)."""
+    device_id = device.id
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            acked = store_reports(session, device, batch.reports, now)
+            session.commit()
+            return AckOut(acked=acked)
+        except IntegrityError:
+            session.rollback()
+            log.info("device %d: concurrent delivery of a report (attempt %d)", device_id, attempt)
+    raise HTTPException(status.HTTP_409_CONFLICT, detail="reports delivered concurrently; retry")
+
+
+@router.get("/commands")
+def poll_commands(device: CurrentDevice, session: SessionDep, now: NowDep) -> AgentCommandListOut:
+    """Return the queued commands of this device (oldest first) and mark them sent."""
+    commands = session.scalars(
+        select(Command)
+        .where(Command.device_id == device.id, Command.status == "queued")
+        .order_by(Command.id)
+        .limit(COMMANDS_PER_POLL)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for command in commands:
+        command.status = "sent"
+        command.sent_at = now
+    out = AgentCommandListOut(commands=[AgentCommandOut.model_validate(c) for c in commands])
+    session.commit()
+    return out
+
+
+@router.post("/commands/{command_id}/result", responses={404: {"description": "not yours"}})
+def post_command_result(
+    command_id: RowIdPath,
+    body: CommandResultIn,
+    device: CurrentDevice,
+    session: SessionDep,
+    now: NowDep,
+) -> CommandOut:
+    """Record how a command of this device ended; repeating it changes nothing."""
+    command = session.get(Command, command_id)
+    if command is None or command.device_id != device.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such command")
+    if command.status not in ("done", "failed"):
+        command.status = body.status
+        command.message = body.message
+        command.result = body.result
+        command.sent_at = command.sent_at or now
+        command.finished_at = now
+        device.last_seen_at = now
+        session.commit()
+    return CommandOut.model_validate(command)

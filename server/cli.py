@@ -1,0 +1,315 @@
+"""``telemaint-server``: init, run, user add, enrollment-code. Parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from server.config import (
+    ENV_PREFIX,
+    ServerSettings,
+    SettingsError,
+    ensure_secret_key,
+    load_settings,
+    parse_duration_s,
+    read_secret_key,
+)
+
+log = logging.getLogger("telemaint-server")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+# Idle keep-alive TLS connections would otherwise hold a stop for asyncio's 30 s TLS shutdown.
+GRACEFUL_SHUTDOWN_TIMEOUT_S = 5
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit status 1."""
+
+
+def _common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"state directory (default /var/lib/telemaint-server; {ENV_PREFIX}DATA_DIR)",
+    )
+    parent.add_argument(
+        "--db",
+        metavar="URL",
+        help="database URL, e.g. sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+        f"(default: server.db in the data directory; {ENV_PREFIX}DB)",
+    )
+    parent.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``telemaint-server``."""
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="telemaint-server",
+        description="Central server of telemaint: devices report here; support looks here.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser(
+        "init",
+        parents=[common],
+        help="create or upgrade the database schema; create the secret key",
+    )
+
+    run = commands.add_parser("run", parents=[common], help="serve the API (uvicorn)")
+    run.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind ({DEFAULT_HOST})")
+    run.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    run.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this cert")
+    run.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of --tls-cert")
+    run.add_argument("--public-url", help=f"URL clients use ({ENV_PREFIX}PUBLIC_URL)")
+
+    user = commands.add_parser("user", help="manage users")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="COMMAND")
+    add = user_commands.add_parser("add", parents=[common], help="add a user")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["admin", "support", "customer"])
+    add.add_argument("--customer", help="the customer a customer viewer may see")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin (also the default when stdin is not a terminal)",
+    )
+
+    code = commands.add_parser("enrollment-code", parents=[common], help="print a one-time enrollment code")
+    code.add_argument("--customer", help="the customer the enrolled device belongs to")
+    code.add_argument("--ttl", default="24h", help="how long the code is valid (24h)")
+    code.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parser
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> ServerSettings:
+    return load_settings({"data_dir": args.data_dir, "db_url": args.db, **extra})
+
+
+def _cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from server.db import display_url, make_engine
+    from server.migrations import LATEST_SCHEMA_VERSION, upgrade_schema
+
+    settings = _settings(args)
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings, created = ensure_secret_key(settings)
+    if created:
+        print(f"created secret key {settings.secret_key_path} (mode 0600)")
+    engine = make_engine(settings.database_url)
+    try:
+        applied = upgrade_schema(engine)
+    finally:
+        engine.dispose()
+    where = display_url(settings.database_url)
+    if applied:
+        print(f"{where}: schema at version {LATEST_SCHEMA_VERSION} (applied {applied})")
+    else:
+        print(f"{where}: schema already at version {LATEST_SCHEMA_VERSION}")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.db import make_engine
+    from server.migrations import require_current_schema
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not os.access(path, os.R_OK):
+            raise CliError(f"{path}: cannot read")
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port {args.port}: not a port number")
+    settings = read_secret_key(_settings(args, public_url=args.public_url))
+    engine = make_engine(settings.database_url)
+    require_current_schema(engine)
+    app = create_app(settings, engine=engine)
+    scheme = "https" if args.tls_cert else "http"
+    log.info("serving on %s://%s:%d", scheme, args.host, args.port)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
+        ssl_keyfile=str(args.tls_key) if args.tls_key else None,
+        proxy_headers=True,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT_S,
+        log_level="debug" if args.verbose else "info",
+    )
+    return EXIT_OK
+
+
+def _read_password(from_stdin: bool) -> str:
+    from server.auth import PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS
+
+    if from_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise CliError("the passwords do not match")
+    if len(password) < PASSWORD_MIN_CHARS:
+        raise CliError(f"the password must have at least {PASSWORD_MIN_CHARS} characters")
+    if len(password) > PASSWORD_MAX_CHARS or "\x00" in password:
+        raise CliError(f"the password must be text of at most {PASSWORD_MAX_CHARS} characters")
+    return password
+
+
+def _cmd_user_add(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from server.audit import record_audit
+    from server.auth import hash_password
+    from server.clock import utc_now
+    from server.customers import get_or_create_customer
+    from server.db import make_engine, make_sessionmaker
+    from server.migrations import require_current_schema
+    from server.models import NAME_MAX_CHARS, User
+
+    name = args.name.strip()
+    if not name or len(name) > NAME_MAX_CHARS or not name.isprintable():
+        raise CliError(f"user name {args.name!r}: 1 to {NAME_MAX_CHARS} printable characters")
+    if args.role == "customer" and not args.customer:
+        raise CliError("a customer viewer needs --customer")
+    if args.role != "customer" and args.customer:
+        raise CliError("--customer is only for --role customer")
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    try:
+        require_current_schema(engine)
+        with make_sessionmaker(engine)() as session:
+            if session.scalar(select(User).where(User.name == name)) is not None:
+                raise CliError(f"user {name!r} exists already")
+            password = _read_password(args.password_stdin)
+            now = utc_now()
+            customer = get_or_create_customer(session, args.customer, now) if args.customer else None
+            session.add(
+                User(
+                    name=name,
+                    role=args.role,
+                    customer_id=customer.id if customer else None,
+                    password_hash=hash_password(password),
+                    created_at=now,
+                )
+            )
+            record_audit(
+                session,
+                at=now,
+                actor=_cli_actor(),
+                action="user.add",
+                target=f"user:{name}",
+                details={"role": args.role, "customer": args.customer},
+            )
+            session.commit()
+    finally:
+        engine.dispose()
+    print(f"added {args.role} {name}" + (f" of customer {args.customer}" if args.customer else ""))
+    return EXIT_OK
+
+
+def _cmd_enrollment_code(args: argparse.Namespace) -> int:
+    from server.audit import record_audit
+    from server.clock import utc_now
+    from server.db import make_engine, make_sessionmaker
+    from server.enrollment import create_enrollment_code
+    from server.migrations import require_current_schema
+
+    try:
+        ttl_s = parse_duration_s(args.ttl)
+    except ValueError as exc:
+        raise CliError(f"--ttl: {exc}") from None
+    if ttl_s <= 0:
+        raise CliError("--ttl must be positive")
+    customer = args.customer.strip() if args.customer else None
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    try:
+        require_current_schema(engine)
+        with make_sessionmaker(engine)() as session:
+            now = utc_now()
+            actor = _cli_actor()
+            code, row = create_enrollment_code(session, now=now, ttl_s=ttl_s, customer_name=customer, created_by=actor)
+            record_audit(
+                session,
+                at=now,
+                actor=actor,
+                action="enrollment_code.create",
+                target=f"enrollment_code:{row.id}",
+                details={"customer": customer, "expires_at": row.expires_at.isoformat()},
+            )
+            session.commit()
+            expires_at = row.expires_at
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"code": code, "customer": customer, "expires_at": expires_at.isoformat()}))
+    else:
+        print(code)
+        print(f"valid until {expires_at.isoformat(timespec='seconds')}", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``telemaint-server``; return the exit status (0 ok, 1 error, 2 usage)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from server.migrations import SchemaError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handlers = {
+        "init": _cmd_init,
+        "run": _cmd_run,
+        "user": _cmd_user_add,
+        "enrollment-code": _cmd_enrollment_code,
+    }
+    try:
+        return handlers[args.command](args)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"telemaint-server: {problem}", file=sys.stderr)
+    except (CliError, SchemaError) as exc:
+        print(f"telemaint-server: {exc}", file=sys.stderr)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"telemaint-server: database error: {reason}", file=sys.stderr)
+    except OSError as exc:
+        print(f"telemaint-server: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("telemaint-server: interrupted", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

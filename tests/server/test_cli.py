@@ -1,0 +1,162 @@
+"""``telemaint-server`` commands run in-process: init, user add, enrollment-code, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from server.auth import verify_password
+from server.cli import main
+from server.db import make_engine, make_sessionmaker
+from server.models import AuditEvent, Customer, User
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TELEMAINT_SERVER_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def args(db_url: str, tmp_path: Path) -> list[str]:
+    return ["--db", db_url, "--data-dir", str(tmp_path / "state")]
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+
+
+def test_init_creates_secret_and_schema_and_is_repeatable(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", *args]) == 0
+    out = capsys.readouterr().out
+    assert "created secret key" in out and "schema at version 1" in out
+    assert stat.S_IMODE((tmp_path / "state" / "secret_key").stat().st_mode) == 0o600
+    assert main(["init", *args]) == 0
+    assert "schema already at version 1" in capsys.readouterr().out
+
+
+def test_init_creates_the_default_sqlite_file_in_the_data_dir(tmp_path: Path) -> None:
+    assert main(["init", "--data-dir", str(tmp_path / "var")]) == 0
+    assert (tmp_path / "var" / "server.db").exists()
+
+
+def test_user_add_reads_the_password_from_stdin(
+    args: list[str], db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["init", *args])
+    _stdin(monkeypatch, "s3cret-enough\n")
+    assert main(["user", "add", "carl", "--role", "customer", "--customer", "Acme", *args, "--password-stdin"]) == 0
+    assert "added customer carl of customer Acme" in capsys.readouterr().out
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        user = session.scalar(select(User).where(User.name == "carl"))
+        assert user is not None and user.role == "customer"
+        assert user.password_hash.startswith("scrypt$n=16384,r=8,p=1$")
+        assert verify_password("s3cret-enough", user.password_hash)
+        assert not verify_password("s3cret-enough ", user.password_hash)
+        customer = session.get(Customer, user.customer_id)
+        assert customer is not None and customer.name == "Acme"
+        assert session.scalar(select(AuditEvent.action).where(AuditEvent.target == "user:carl")) == "user.add"
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "message"),
+    [
+        (["anna", "--role", "support"], "short\n", "at least 8 characters"),
+        (["carl", "--role", "customer"], "long enough\n", "needs --customer"),
+        (["anna", "--role", "support", "--customer", "Acme"], "long enough\n", "only for --role customer"),
+    ],
+)
+def test_user_add_refuses_with_one_line(
+    args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    stdin: str,
+    message: str,
+) -> None:
+    main(["init", *args])
+    capsys.readouterr()
+    _stdin(monkeypatch, stdin)
+    assert main(["user", "add", *argv, *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_user_add_refuses_a_duplicate(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["init", *args])
+    _stdin(monkeypatch, "long enough\n")
+    assert main(["user", "add", "anna", "--role", "admin", *args]) == 0
+    _stdin(monkeypatch, "long enough\n")
+    assert main(["user", "add", "anna", "--role", "admin", *args]) == 1
+    assert "user 'anna' exists already" in capsys.readouterr().err
+
+
+def test_enrollment_code_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    main(["init", *args])
+    capsys.readouterr()
+    before = datetime.now(UTC)
+    assert main(["enrollment-code", "--customer", "Acme", "--ttl", "2h", "--json", *args]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"code", "customer", "expires_at"}
+    assert len(data["code"]) == 14 and data["code"].count("-") == 2
+    assert data["customer"] == "Acme"
+    expires_at = datetime.fromisoformat(data["expires_at"])
+    assert before + timedelta(hours=2) <= expires_at <= datetime.now(UTC) + timedelta(hours=2)
+
+
+def test_enrollment_code_plain_prints_only_the_code_on_stdout(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["init", *args])
+    capsys.readouterr()
+    assert main(["enrollment-code", *args]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip()) == 14 and "\n" not in captured.out.strip()
+    assert "valid until" in captured.err
+
+
+def test_commands_before_init_say_what_to_do(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["enrollment-code", *args]) == 1
+    assert "run `telemaint-server init`" in capsys.readouterr().err
+    assert main(["run", *args, "--port", "1"]) == 1
+    assert "no secret key; run `telemaint-server init`" in capsys.readouterr().err
+
+
+def test_bad_ttl_and_bad_tls_flags_are_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["enrollment-code", "--ttl", "soon", *args]) == 1
+    assert "--ttl" in capsys.readouterr().err
+    assert main(["run", "--tls-cert", "/etc/hostname", *args]) == 1
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+
+
+def test_unreachable_database_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.server.conftest import free_port
+
+    url = f"postgresql+psycopg://nobody:pw@127.0.0.1:{free_port()}/nothing"
+    assert main(["init", "--db", url, "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("telemaint-server: database error:") and err.count("\n") == 1
+    assert "pw" not in err
+
+
+def test_placeholder_secret_is_refused(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TELEMAINT_SERVER_SECRET_KEY", "changeme")
+    assert main(["init", *args]) == 1
+    assert "TELEMAINT_SERVER_SECRET_KEY" in capsys.readouterr().err
