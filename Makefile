@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_DIR := var/demo
 
 .PHONY: demo test lint bench venv system-packages clean
 
@@ -19,11 +18,7 @@ system-packages:
 	scripts/install-system-packages
 
 demo: $(STAMP)
-	mkdir -p $(DEMO_DIR)
-	TELEMAINT_STATE_DIR=$(DEMO_DIR) $(BIN)/telemaint config validate --config configs/agent.example.yaml
-	TELEMAINT_STATE_DIR=$(DEMO_DIR) $(BIN)/telemaint inventory --config configs/agent.example.yaml
-	TELEMAINT_STATE_DIR=$(DEMO_DIR) $(BIN)/telemaint check --config configs/agent.example.yaml; \
-		echo "telemaint check exited $$? (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)"
+	$(BIN)/python scripts/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent server tests bench
