@@ -7,6 +7,7 @@ to a loopback address. Every failure becomes an :class:`UplinkError` with one li
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,7 +66,8 @@ class Uplink:
         self.session.headers["User-Agent"] = USER_AGENT
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
-        self.session.verify = ca_file or True
+        # Given per request: requests lets REQUESTS_CA_BUNDLE override a session-level CA file.
+        self.verify: str | bool = ca_file or True
         if proxy:
             self.session.proxies = {"http": proxy, "https": proxy}
             self.session.trust_env = False
@@ -77,7 +79,7 @@ class Uplink:
         url = f"{self.base_url}{API_PREFIX}{path}"
         requests = self._requests
         try:
-            response = self.session.request(method, url, json=json, timeout=self.timeout_s)
+            response = self.session.request(method, url, json=json, timeout=self.timeout_s, verify=self.verify)
         except requests.exceptions.SSLError as exc:
             raise UplinkError(f"TLS verification of {self.base_url} failed: {_reason(exc)}") from None
         except requests.exceptions.Timeout:
@@ -134,7 +136,8 @@ def _reason(exc: Exception) -> str:
     for marker in ("Errno", "certificate verify failed", "Name or service not known", "timed out"):
         index = text.find(marker)
         if index >= 0:
-            return text[index:].split("'))")[0].split("))")[0].rstrip(")'\"")
+            reason = text[index:].split("'))")[0].split("))")[0]
+            return re.sub(r"\s*\(_ssl\.c:\d+\)?$", "", reason).rstrip(")'\"")
     return text[:200]
 
 

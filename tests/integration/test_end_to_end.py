@@ -47,10 +47,11 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
 class ServerProcess:
     """``telemaint-server`` on a loopback port with its SQLite database in ``data_dir``."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, tls: tuple[Path, Path] | None = None):
         self.data_dir = data_dir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.db = data_dir / "server.db"
         self.cli("init")
@@ -64,8 +65,9 @@ class ServerProcess:
 
     def start(self) -> None:
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - closed with the process
+        tls = ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])] if self.tls else []
         self.proc = subprocess.Popen(
-            [SERVER, "run", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)],
+            [SERVER, "run", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port), *tls],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -74,7 +76,8 @@ class ServerProcess:
     def _answers(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, (self.data_dir / "server.log").read_text()
         try:
-            return requests.get(f"{self.url}/api/v1/openapi.json", timeout=2).status_code == 200
+            verify = str(self.tls[0]) if self.tls else True
+            return requests.get(f"{self.url}/api/v1/openapi.json", timeout=2, verify=verify).status_code == 200
         except requests.ConnectionError:
             return False
 
@@ -92,6 +95,7 @@ class ServerProcess:
 class AgentProcess:
     def __init__(self, root: Path, server: ServerProcess):
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.config = root / "agent.yaml"
         self.config.write_text(
             f"""\
