@@ -137,6 +137,7 @@ def _reason(exc: Exception) -> str:
         index = text.find(marker)
         if index >= 0:
             reason = text[index:].split("'))")[0].split("))")[0]
+            reason = re.sub(r"^Errno -?\d+\]\s*", "", reason)
             return re.sub(r"\s*\(_ssl\.c:\d+\)?$", "", reason).rstrip(")'\"")
     return text[:200]
 

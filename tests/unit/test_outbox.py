@@ -143,3 +143,20 @@ def test_backoff_grows_with_jitter_caps_at_five_minutes_and_resets():
 def test_unknown_kind_is_refused(kind):
     with pytest.raises(ValueError):
         new_report(kind, {})
+
+
+def test_connection_failures_read_as_one_short_reason():
+    from agent.uplink import _reason
+
+    refused = Exception(
+        "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: /api/v1/agent/reports "
+        "(Caused by NewConnectionError('<urllib3.connection.HTTPConnection object at 0x7f>: "
+        "Failed to establish a new connection: [Errno 111] Connection refused'))"
+    )
+    assert _reason(refused) == "Connection refused"
+    tls = Exception(
+        "HTTPSConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: /x (Caused by "
+        "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+        "self-signed certificate (_ssl.c:1006)')))"
+    )
+    assert _reason(tls) == "certificate verify failed: self-signed certificate"
