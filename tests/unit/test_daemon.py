@@ -1,0 +1,96 @@
+import threading
+
+import pytest
+
+from agent.config import parse_config
+from agent.daemon import AgentDaemon, ask_daemon
+
+
+class RecordingUplink:
+    """Stands in for the server: records command results and acks every report."""
+
+    def __init__(self):
+        self.results = []
+        self.reports = []
+
+    def send_reports(self, reports):
+        self.reports += reports
+        return [r["id"] for r in reports]
+
+    def send_command_result(self, command_id, status, message, result=None):
+        self.results.append((command_id, status, message, result))
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    config = parse_config(
+        f"state_dir: {tmp_path}\nhealth:\n  checks:\n    - {{name: mem, type: memory, warning: 100, critical: 100}}\n"
+    )
+    daemon = AgentDaemon(config)
+    yield daemon
+    daemon.outbox.close()
+
+
+def test_server_commands_outside_the_allowlist_are_refused(daemon):
+    uplink = RecordingUplink()
+    daemon._run_server_command(uplink, {"id": 7, "kind": "shell", "args": {"cmd": "rm -rf /"}})
+    assert uplink.results == [(7, "failed", "command 'shell' is not allowed on this device", None)]
+    assert uplink.reports == []
+
+
+def test_run_checks_delivers_the_health_report_before_the_result(daemon):
+    uplink = RecordingUplink()
+    daemon._run_server_command(uplink, {"id": 8, "kind": "run_checks"})
+    assert [r["kind"] for r in uplink.reports] == ["health"]
+    (command_id, status, message, result) = uplink.results[0]
+    assert (command_id, status, message) == (8, "done", "OK: 1 checks")
+    assert result["status"] == "OK"
+    assert daemon.outbox.depth()["total"] == 0
+
+
+def test_a_failing_job_is_recorded_and_the_daemon_goes_on(daemon):
+    def broken():
+        raise RuntimeError("sensor bus gone")
+
+    job = daemon._guarded("health", broken)
+    job()
+    assert daemon.state.jobs["health"]["last_error"] == "RuntimeError: sensor bus gone"
+    daemon._guarded("health", lambda: None)()
+    assert daemon.state.jobs["health"]["last_error"] is None
+
+
+def test_health_transitions_become_events(daemon, monkeypatch):
+    statuses = iter(["OK", "CRITICAL"])
+    monkeypatch.setattr(
+        "agent.daemon.health_document",
+        lambda config: {"status": next(statuses), "generated_at": "2026-11-25T00:00:00Z", "checks": []},
+    )
+    daemon.job_health()
+    daemon.job_health()
+    kinds = [r.kind for r in daemon.outbox.peek()]
+    assert kinds == ["health", "health", "events"]
+    assert daemon.outbox.peek()[-1].payload["events"][0]["message"] == "health OK -> CRITICAL"
+
+
+def test_control_socket_answers_status_and_report(daemon):
+    thread = threading.Thread(target=daemon._control_loop, daemon=True)
+    thread.start()
+    try:
+        reply = None
+        for _ in range(50):
+            reply = ask_daemon(daemon.config, {"action": "status"}, timeout_s=5)
+            if reply is not None:
+                break
+            threading.Event().wait(0.05)
+        assert reply["ok"] and reply["status"]["daemon"]["running"]
+        # root and the telemaint group only
+        assert (daemon.state_dir / "control.sock").stat().st_mode & 0o777 == 0o660
+        assert reply["status"]["enrolled"] is False
+        queued = ask_daemon(daemon.config, {"action": "report", "kind": "heartbeat"})
+        assert queued == {"ok": True, "sent": False, "queued": 1, "error": "not enrolled"}
+        bad = ask_daemon(daemon.config, {"action": "format-disk"})
+        assert bad == {"ok": False, "error": "unknown action 'format-disk'"}
+    finally:
+        daemon.stop()
+        thread.join(5)
+    assert not thread.is_alive()
