@@ -20,6 +20,7 @@ import random
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,10 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig
+from agent.config import STATE_DIR_ENV, AgentConfig
 from agent.identity import Credentials, load_credentials
 from agent.outbox import Outbox, new_report
-from agent.reports import health_document, heartbeat_document, inventory_document, utc_now_iso
+from agent.reports import heartbeat_document, utc_now_iso
+from agent.runner import run_command
 from agent.uplink import MAX_BATCH_REPORTS, Uplink, UplinkError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ MAX_CONTROL_REQUEST_BYTES = 64 * 1024
 ALLOWED_COMMANDS = ("run_checks", "collect_inventory")
 M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
 MALLOC_ARENAS = 2
+INVENTORY_TIMEOUT_S = 900.0
+HEALTH_TIMEOUT_S = 300.0
+CHILD_OUTPUT_CAP_BYTES = 32 * 1024 * 1024
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
@@ -247,11 +252,36 @@ class AgentDaemon:
     def job_heartbeat(self) -> None:
         self.queue("heartbeat", heartbeat_document(self.config, outbox_depth=self.outbox.depth()["total"]))
 
+    def collect_in_child(self, args: list[str], timeout_s: float) -> dict[str, Any]:
+        """Run ``telemaint ARGS --json`` in a child process and return its JSON document.
+
+        Collectors and checks run apart from the daemon: a hung check or a leaking collector
+        cannot stall or bloat the service, and the child is killed at ``timeout_s``.
+        Raises RuntimeError when the child fails to produce its document.
+        """
+        if self.config.source is None:
+            raise RuntimeError("the daemon needs its config file to run collectors")
+        argv = [sys.executable, "-m", "agent.cli", *args, "--json", "--config", str(self.config.source)]
+        result = run_command(
+            argv,
+            timeout_s=timeout_s,
+            output_cap_bytes=CHILD_OUTPUT_CAP_BYTES,
+            env={STATE_DIR_ENV: str(self.state_dir)},
+            merge_stderr=False,
+            inherit_stderr=True,
+        )
+        if result.timed_out or result.truncated:
+            raise RuntimeError(f"telemaint {args[0]} {result.error or 'output exceeded its cap'}")
+        try:
+            return json.loads(result.output)
+        except ValueError:
+            raise RuntimeError(f"telemaint {args[0]} exited {result.status} without its JSON document") from None
+
     def job_inventory(self) -> None:
-        self.queue("inventory", inventory_document(self.config))
+        self.queue("inventory", self.collect_in_child(["inventory"], INVENTORY_TIMEOUT_S))
 
     def job_health(self) -> dict[str, Any]:
-        health = health_document(self.config)
+        health = self.collect_in_child(["check"], HEALTH_TIMEOUT_S)
         previous = self.state.health_status
         self.state.health_status = health["status"]
         self.state.health_at = health["generated_at"]

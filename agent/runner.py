@@ -94,10 +94,11 @@ def run_command(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     merge_stderr: bool = True,
+    inherit_stderr: bool = False,
 ) -> CommandResult:
     """Run ``argv`` without a shell and return its :class:`CommandResult`; never raises for the
     command's own failures. On timeout the command's process group is killed and the status is 124.
-    With ``merge_stderr`` false, stderr is discarded.
+    With ``merge_stderr`` false, stderr is discarded, or goes to our own stderr with ``inherit_stderr``.
     """
     argv = tuple(str(a) for a in argv)
     if not argv:
@@ -109,7 +110,7 @@ def run_command(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if merge_stderr else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if merge_stderr else None if inherit_stderr else subprocess.DEVNULL,
             env=command_env(env),
             cwd=cwd,
             start_new_session=True,

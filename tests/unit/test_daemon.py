@@ -1,8 +1,9 @@
+import socket
 import threading
 
 import pytest
 
-from agent.config import parse_config
+from agent.config import load_config
 from agent.daemon import AgentDaemon, ask_daemon
 
 
@@ -23,9 +24,11 @@ class RecordingUplink:
 
 @pytest.fixture
 def daemon(tmp_path):
-    config = parse_config(
+    path = tmp_path / "agent.yaml"
+    path.write_text(
         f"state_dir: {tmp_path}\nhealth:\n  checks:\n    - {{name: mem, type: memory, warning: 100, critical: 100}}\n"
     )
+    config = load_config(path)
     daemon = AgentDaemon(config)
     yield daemon
     daemon.outbox.close()
@@ -62,8 +65,9 @@ def test_a_failing_job_is_recorded_and_the_daemon_goes_on(daemon):
 def test_health_transitions_become_events(daemon, monkeypatch):
     statuses = iter(["OK", "CRITICAL"])
     monkeypatch.setattr(
-        "agent.daemon.health_document",
-        lambda config: {"status": next(statuses), "generated_at": "2026-11-25T00:00:00Z", "checks": []},
+        daemon,
+        "collect_in_child",
+        lambda args, timeout_s: {"status": next(statuses), "generated_at": "2026-11-25T00:00:00Z", "checks": []},
     )
     daemon.job_health()
     daemon.job_health()
@@ -94,3 +98,17 @@ def test_control_socket_answers_status_and_report(daemon):
         daemon.stop()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def test_collection_runs_in_a_child_process(daemon):
+    health = daemon.collect_in_child(["check"], timeout_s=60)
+    assert [c["name"] for c in health["checks"]] == ["mem"]
+    inventory = daemon.collect_in_child(["inventory", "--only", "system"], timeout_s=60)
+    assert inventory["collectors"]["system"]["status"] == "ok"
+    assert inventory["collectors"]["system"]["data"]["hostname"] == socket.gethostname()
+
+
+def test_a_child_without_its_document_is_an_error(daemon):
+    daemon.config.source.write_text("health: [not, a, mapping]\n")
+    with pytest.raises(RuntimeError, match="telemaint check exited 3 without its JSON document"):
+        daemon.collect_in_child(["check"], timeout_s=60)
