@@ -47,9 +47,16 @@ def test_plain_http_is_refused_beyond_loopback(tmp_path):
     )
 
 
-def test_report_is_queued_while_the_server_is_down_and_sent_later(tmp_path):
+@pytest.fixture
+def plain_server(tmp_path):
     server = ServerProcess(tmp_path / "server")
     server.start()
+    yield server
+    server.stop()
+
+
+def test_report_is_queued_while_the_server_is_down_and_sent_later(plain_server, tmp_path):
+    server = plain_server
     agent = AgentProcess(tmp_path / "agent", server)
     code = json.loads(server.cli("enrollment-code", "--json"))["code"]
     assert agent.run("enroll", "--server", server.url, "--code", code).returncode == 0
@@ -58,10 +65,7 @@ def test_report_is_queued_while_the_server_is_down_and_sent_later(tmp_path):
     assert queued.returncode == 75
     assert queued.stdout.startswith("heartbeat report queued (1 in the outbox): cannot reach ")
     server.start()
-    try:
-        sent = agent.run("report", "--kind", "inventory")
-        assert sent.returncode == 0, sent.stdout + sent.stderr
-        assert sent.stdout.strip() == "inventory report sent"
-        assert len(server.report_uuids()) == 2  # the queued heartbeat went first
-    finally:
-        server.stop()
+    sent = agent.run("report", "--kind", "inventory")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert sent.stdout.strip() == "inventory report sent"
+    assert len(server.report_uuids()) == 2  # the queued heartbeat went first
