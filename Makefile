@@ -28,6 +28,7 @@ test: $(STAMP) system-packages lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/server_ingest.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
