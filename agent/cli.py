@@ -126,13 +126,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import AgentDaemon
+    import dataclasses
+
+    from agent.daemon import DaemonSettings, exec_service
 
     config = load_config(args.config)
-    if not getattr(args, "verbose", 0):
-        logging.getLogger().setLevel(config.log_level.upper())
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    AgentDaemon(config).run()
+    settings = DaemonSettings.from_config(config)
+    verbosity = getattr(args, "verbose", 0)
+    if verbosity:
+        settings = dataclasses.replace(settings, log_level="info" if verbosity == 1 else "debug")
+    exec_service(settings)  # does not return
     return EXIT_OK
 
 
@@ -144,8 +147,8 @@ def offline_status(config: AgentConfig) -> dict[str, Any]:
 
     credentials = load_credentials(config.state_dir)
     depth = {"total": 0}
-    if outbox_path(config).exists():
-        with Outbox(outbox_path(config)) as outbox:
+    if outbox_path(config.state_dir).exists():
+        with Outbox(outbox_path(config.state_dir)) as outbox:
             depth = outbox.depth()
     return {
         "daemon": {"running": False},
@@ -166,7 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from agent.daemon import ask_daemon
 
     config = load_config(args.config)
-    reply = ask_daemon(config, {"action": "status"}, timeout_s=10)
+    reply = ask_daemon(config.state_dir, {"action": "status"}, timeout_s=10)
     status = reply["status"] if reply and reply.get("ok") else offline_status(config)
     if args.json:
         print(json.dumps(status, indent=2))
@@ -196,27 +199,27 @@ def render_status(status: dict[str, Any]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from agent.daemon import ask_daemon, flush_outbox, make_uplink, outbox_path, prepare_state_dir
+    from agent.daemon import DaemonSettings, ask_daemon, flush_outbox, make_uplink, outbox_path, prepare_state_dir
     from agent.identity import load_credentials
     from agent.outbox import Outbox, new_report
     from agent.reports import heartbeat_document
 
     config = load_config(args.config)
-    reply = ask_daemon(config, {"action": "report", "kind": args.kind})
+    reply = ask_daemon(config.state_dir, {"action": "report", "kind": args.kind})
     if reply is None:
         documents = {
-            "heartbeat": heartbeat_document,
-            "inventory": inventory_document,
-            "health": health_document,
+            "heartbeat": lambda: heartbeat_document(config.server.intervals.heartbeat),
+            "inventory": lambda: inventory_document(config),
+            "health": lambda: health_document(config),
         }
         prepare_state_dir(config.state_dir)
-        with Outbox(outbox_path(config)) as outbox:
-            outbox.put(new_report(args.kind, documents[args.kind](config)))
+        with Outbox(outbox_path(config.state_dir)) as outbox:
+            outbox.put(new_report(args.kind, documents[args.kind]()))
             credentials = load_credentials(config.state_dir)
             if credentials is None:
                 reply = {"ok": True, "sent": False, "queued": outbox.depth()["total"], "error": "not enrolled"}
             else:
-                uplink = make_uplink(config, credentials)
+                uplink = make_uplink(DaemonSettings.from_config(config), credentials)
                 result = flush_outbox(outbox, uplink)
                 reply = {"ok": True, "sent": result.error is None, "queued": result.remaining, "error": result.error}
     if not reply.get("ok"):

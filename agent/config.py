@@ -7,16 +7,18 @@ and are read only when used.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import shlex
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
+
+from agent.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, STATE_DIR_ENV
+from agent.urls import MASK, is_loopback_host, mask_url
 
 # Pydantic looks for plugins through importlib.metadata on first use (3 MB and 20 ms); we use none.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
@@ -31,12 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_CONFIG_PATH = Path("/etc/telemaint/agent.yaml")
-DEFAULT_STATE_DIR = Path("/var/lib/telemaint")
-CONFIG_ENV = "TELEMAINT_CONFIG"
-STATE_DIR_ENV = "TELEMAINT_STATE_DIR"
 SECRET_KEYS = frozenset({"password", "passphrase", "token", "secret", "api_key", "key"})
-MASK = "***"
 
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -186,15 +183,6 @@ class Intervals(Model):
     health: Duration = 300.0
     commands: Duration = 30.0
     jitter: Annotated[float, Field(ge=0, le=0.5)] = 0.1
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class ServerConfig(Model):
@@ -546,15 +534,6 @@ class AgentConfig(Model):
     def as_dict_secure(self) -> dict:
         """Return the config as plain data with secret values and URL passwords masked."""
         return _mask(self.model_dump(mode="json"))
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with a password in it replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _mask(data: Any) -> Any:

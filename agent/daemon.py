@@ -23,17 +23,20 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.config import STATE_DIR_ENV, AgentConfig
+from agent.defaults import STATE_DIR_ENV
 from agent.identity import Credentials, load_credentials
 from agent.outbox import Outbox, new_report
 from agent.reports import heartbeat_document, utc_now_iso
 from agent.runner import run_command
 from agent.uplink import MAX_BATCH_REPORTS, Uplink, UplinkError
+
+if TYPE_CHECKING:  # the service process never loads the config models: see DaemonSettings
+    from agent.config import AgentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ MALLOC_ARENAS = 2
 INVENTORY_TIMEOUT_S = 900.0
 HEALTH_TIMEOUT_S = 300.0
 CHILD_OUTPUT_CAP_BYTES = 32 * 1024 * 1024
+SETTINGS_PIPE_MAX_BYTES = 60 * 1024  # below the pipe's buffer, so the write cannot block
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
@@ -66,12 +70,57 @@ def release_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-def outbox_path(config: AgentConfig) -> Path:
-    return config.state_dir / OUTBOX_FILE
+@dataclass(frozen=True)
+class DaemonSettings:
+    """What the running service needs of ``agent.yaml``, as plain data.
+
+    ``telemaint run`` validates the whole file with the config models, then hands these settings
+    to a fresh interpreter (:func:`exec_service`) that never loads pydantic: the service stays
+    small, and collectors and checks run in child processes that read the file themselves.
+    """
+
+    config_path: str
+    state_dir: str
+    server_url: str | None = None
+    ca_file: str | None = None
+    proxy: str | None = None
+    timeout_s: float = 30.0
+    heartbeat_s: float = 60.0
+    inventory_s: float = 6 * 3600.0
+    health_s: float = 300.0
+    commands_s: float = 30.0
+    jitter: float = 0.1
+    log_level: str = "info"
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> DaemonSettings:
+        server, intervals = config.server, config.server.intervals
+        return cls(
+            config_path=str(Path(config.source).resolve()) if config.source else "",
+            state_dir=str(Path(config.state_dir).resolve()),
+            server_url=server.url,
+            ca_file=str(server.ca_file) if server.ca_file else None,
+            proxy=server.proxy,
+            timeout_s=server.timeout,
+            heartbeat_s=intervals.heartbeat,
+            inventory_s=intervals.inventory,
+            health_s=intervals.health,
+            commands_s=intervals.commands,
+            jitter=intervals.jitter,
+            log_level=config.log_level,
+        )
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
 
 
-def control_socket_path(config: AgentConfig) -> Path:
-    return config.state_dir / CONTROL_SOCKET_FILE
+def outbox_path(state_dir: Path) -> Path:
+    return state_dir / OUTBOX_FILE
+
+
+def control_socket_path(state_dir: Path) -> Path:
+    return state_dir / CONTROL_SOCKET_FILE
 
 
 def prepare_state_dir(state_dir: Path) -> None:
@@ -81,13 +130,13 @@ def prepare_state_dir(state_dir: Path) -> None:
         os.chown(state_dir, -1, grp.getgrnam(CONTROL_GROUP).gr_gid)
 
 
-def make_uplink(config: AgentConfig, credentials: Credentials) -> Uplink:
+def make_uplink(settings: DaemonSettings, credentials: Credentials) -> Uplink:
     return Uplink(
-        config.server.url or credentials.server_url,
+        settings.server_url or credentials.server_url,
         token=credentials.token,
-        ca_file=str(config.server.ca_file) if config.server.ca_file else credentials.ca_file,
-        proxy=config.server.proxy,
-        timeout_s=config.server.timeout,
+        ca_file=settings.ca_file or credentials.ca_file,
+        proxy=settings.proxy,
+        timeout_s=settings.timeout_s,
     )
 
 
@@ -153,11 +202,11 @@ class DaemonState:
 class AgentDaemon:
     """The running agent. :meth:`run` blocks until :meth:`stop` (SIGTERM/SIGINT)."""
 
-    def __init__(self, config: AgentConfig):
-        self.config = config
-        self.state_dir = config.state_dir
+    def __init__(self, settings: DaemonSettings):
+        self.settings = settings
+        self.state_dir = settings.state_path
         prepare_state_dir(self.state_dir)
-        self.outbox = Outbox(outbox_path(config))
+        self.outbox = Outbox(outbox_path(self.state_dir))
         self.state = DaemonState()
         self._stop = threading.Event()
         self._wake_sender = threading.Event()
@@ -174,20 +223,20 @@ class AgentDaemon:
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
 
-        intervals = self.config.server.intervals
+        settings = self.settings
         scheduler = BackgroundScheduler(
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         now = datetime.now(UTC)
         for name, interval_s, func in (
-            ("heartbeat", intervals.heartbeat, self.job_heartbeat),
-            ("inventory", intervals.inventory, self.job_inventory),
-            ("health", intervals.health, self.job_health),
-            ("commands", intervals.commands, self.job_commands),
+            ("heartbeat", settings.heartbeat_s, self.job_heartbeat),
+            ("inventory", settings.inventory_s, self.job_inventory),
+            ("health", settings.health_s, self.job_health),
+            ("commands", settings.commands_s, self.job_commands),
         ):
             scheduler.add_job(
                 self._guarded(name, func),
-                IntervalTrigger(seconds=interval_s, jitter=interval_s * intervals.jitter, timezone=UTC),
+                IntervalTrigger(seconds=interval_s, jitter=interval_s * settings.jitter, timezone=UTC),
                 id=name,
                 name=name,
                 next_run_time=now,
@@ -207,7 +256,7 @@ class AgentDaemon:
         self._wake_sender.set()
         sender.join(timeout=5)
         with contextlib.suppress(FileNotFoundError):
-            control_socket_path(self.config).unlink()
+            control_socket_path(self.state_dir).unlink()
         self.outbox.close()
 
     def stop(self, *_: object) -> None:
@@ -250,7 +299,9 @@ class AgentDaemon:
         self.queue("events", {"events": [event]})
 
     def job_heartbeat(self) -> None:
-        self.queue("heartbeat", heartbeat_document(self.config, outbox_depth=self.outbox.depth()["total"]))
+        self.queue(
+            "heartbeat", heartbeat_document(self.settings.heartbeat_s, outbox_depth=self.outbox.depth()["total"])
+        )
 
     def collect_in_child(self, args: list[str], timeout_s: float) -> dict[str, Any]:
         """Run ``telemaint ARGS --json`` in a child process and return its JSON document.
@@ -259,9 +310,9 @@ class AgentDaemon:
         cannot stall or bloat the service, and the child is killed at ``timeout_s``.
         Raises RuntimeError when the child fails to produce its document.
         """
-        if self.config.source is None:
+        if not self.settings.config_path:
             raise RuntimeError("the daemon needs its config file to run collectors")
-        argv = [sys.executable, "-m", "agent.cli", *args, "--json", "--config", str(self.config.source)]
+        argv = [sys.executable, "-m", "agent.cli", *args, "--json", "--config", self.settings.config_path]
         result = run_command(
             argv,
             timeout_s=timeout_s,
@@ -338,7 +389,7 @@ class AgentDaemon:
                 credentials = load_credentials(self.state_dir)
                 if credentials is None:
                     return None
-                self._uplink = make_uplink(self.config, credentials)
+                self._uplink = make_uplink(self.settings, credentials)
             return self._uplink
 
     def _note_contact(self) -> None:
@@ -402,7 +453,7 @@ class AgentDaemon:
             "daemon": {"running": True, "pid": os.getpid(), "started_at": self.state.started_at},
             "enrolled": credentials is not None,
             "device_id": credentials.device_id if credentials else None,
-            "server_url": (self.config.server.url or credentials.server_url) if credentials else self.config.server.url,
+            "server_url": self.settings.server_url or (credentials.server_url if credentials else None),
             "server_reachable": self.state.server_reachable,
             "last_contact_at": self.state.last_contact_at,
             "last_sent_at": self.state.last_sent_at,
@@ -430,7 +481,7 @@ class AgentDaemon:
         return {"ok": False, "error": f"unknown action {action!r}"}
 
     def _control_loop(self) -> None:
-        path = control_socket_path(self.config)
+        path = control_socket_path(self.state_dir)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -492,12 +543,10 @@ def _read_line(conn: socket.socket) -> bytes:
     return data
 
 
-def ask_daemon(
-    config: AgentConfig, request: dict[str, Any], timeout_s: float = CONTROL_TIMEOUT_S
-) -> dict[str, Any] | None:
-    """Send ``request`` to a running daemon over its control socket; return its reply, or None
-    when no daemon is listening."""
-    path = control_socket_path(config)
+def ask_daemon(state_dir: Path, request: dict[str, Any], timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any] | None:
+    """Send ``request`` to the daemon keeping its state in ``state_dir``; return its reply, or
+    None when no daemon is listening."""
+    path = control_socket_path(state_dir)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout_s)
         try:
@@ -506,3 +555,38 @@ def ask_daemon(
             return None
         client.sendall(json.dumps(request).encode() + b"\n")
         return json.loads(_read_line(client) or b"null")
+
+
+def exec_service(settings: DaemonSettings) -> None:
+    """Replace this process with the service (same PID, for systemd), passing ``settings``
+    through a pipe; the new interpreter loads only what the service needs. Does not return."""
+    read_fd, write_fd = os.pipe()
+    payload = json.dumps(asdict(settings)).encode()
+    if len(payload) > SETTINGS_PIPE_MAX_BYTES:
+        raise ValueError("daemon settings too large for the pipe")
+    os.write(write_fd, payload)
+    os.close(write_fd)
+    os.set_inheritable(read_fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "agent.daemon", "--settings-fd", str(read_fd)])  # noqa: S606
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the service process started by :func:`exec_service`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="telemaint run", description="the telemaint agent service")
+    parser.add_argument("--settings-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    with os.fdopen(args.settings_fd, "rb") as pipe:
+        settings = DaemonSettings(**json.loads(pipe.read()))
+    logging.basicConfig(level=settings.log_level.upper(), format="telemaint: %(levelname)s: %(message)s")
+    if settings.log_level != "debug":
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    AgentDaemon(settings).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.config import AgentConfig
+
+if TYPE_CHECKING:  # the daemon uses this module without loading the config models
+    from agent.config import AgentConfig
 
 
 def utc_now_iso() -> str:
@@ -45,11 +47,11 @@ def health_document(config: AgentConfig) -> dict[str, Any]:
     }
 
 
-def heartbeat_document(config: AgentConfig, **extra: Any) -> dict[str, Any]:
+def heartbeat_document(heartbeat_interval_s: float, **extra: Any) -> dict[str, Any]:
     """Return a heartbeat: the agent is alive, with its version and reporting interval."""
     return {
         "agent_version": __version__,
         "generated_at": utc_now_iso(),
-        "heartbeat_interval_s": config.server.intervals.heartbeat,
+        "heartbeat_interval_s": heartbeat_interval_s,
         **extra,
     }

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent import __version__
-from agent.config import is_loopback_host, mask_url
+from agent.urls import is_loopback_host, mask_url
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
 from agent.config import load_config
-from agent.daemon import AgentDaemon, ask_daemon
+from agent.daemon import AgentDaemon, DaemonSettings, ask_daemon
 
 
 class RecordingUplink:
@@ -28,8 +29,7 @@ def daemon(tmp_path):
     path.write_text(
         f"state_dir: {tmp_path}\nhealth:\n  checks:\n    - {{name: mem, type: memory, warning: 100, critical: 100}}\n"
     )
-    config = load_config(path)
-    daemon = AgentDaemon(config)
+    daemon = AgentDaemon(DaemonSettings.from_config(load_config(path)))
     yield daemon
     daemon.outbox.close()
 
@@ -82,7 +82,7 @@ def test_control_socket_answers_status_and_report(daemon):
     try:
         reply = None
         for _ in range(50):
-            reply = ask_daemon(daemon.config, {"action": "status"}, timeout_s=5)
+            reply = ask_daemon(daemon.state_dir, {"action": "status"}, timeout_s=5)
             if reply is not None:
                 break
             threading.Event().wait(0.05)
@@ -90,9 +90,9 @@ def test_control_socket_answers_status_and_report(daemon):
         # root and the telemaint group only
         assert (daemon.state_dir / "control.sock").stat().st_mode & 0o777 == 0o660
         assert reply["status"]["enrolled"] is False
-        queued = ask_daemon(daemon.config, {"action": "report", "kind": "heartbeat"})
+        queued = ask_daemon(daemon.state_dir, {"action": "report", "kind": "heartbeat"})
         assert queued == {"ok": True, "sent": False, "queued": 1, "error": "not enrolled"}
-        bad = ask_daemon(daemon.config, {"action": "format-disk"})
+        bad = ask_daemon(daemon.state_dir, {"action": "format-disk"})
         assert bad == {"ok": False, "error": "unknown action 'format-disk'"}
     finally:
         daemon.stop()
@@ -109,6 +109,21 @@ def test_collection_runs_in_a_child_process(daemon):
 
 
 def test_a_child_without_its_document_is_an_error(daemon):
-    daemon.config.source.write_text("health: [not, a, mapping]\n")
+    Path(daemon.settings.config_path).write_text("health: [not, a, mapping]\n")
     with pytest.raises(RuntimeError, match="telemaint check exited 3 without its JSON document"):
         daemon.collect_in_child(["check"], timeout_s=60)
+
+
+def test_the_service_process_does_not_load_the_config_models(tmp_path):
+    """`telemaint run` validates agent.yaml, then execs a service that never imports pydantic."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agent.daemon import AgentDaemon, DaemonSettings\n"
+        f"AgentDaemon(DaemonSettings(config_path='', state_dir={str(tmp_path)!r})).outbox.close()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('pydantic', 'agent.config', 'agent.collectors'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
