@@ -62,6 +62,7 @@ class LogsCollector(Collector):
         Field("journal.entries[].identifier", "Identifier"),
         Field("journal.entries[].pid", "PID"),
         Field("journal.entries[].message", "Message"),
+        Field("journal.entries[].error", "Matches an error pattern"),
         Field("journal.count", "Journal entries returned"),
         Field("journal.malformed", "journalctl output lines that were not JSON"),
         Field("journal.truncated", "journalctl output or a message cut to the size cap"),
@@ -73,6 +74,7 @@ class LogsCollector(Collector):
         Field("files[].truncated", "Older lines left out"),
         Field("files[].files_read", "Files read, newest first"),
         Field("files[].error_count", "Error lines"),
+        Field("files[].error_lines", "Indexes into lines of the lines matching an error pattern"),
         Field("files[].error", "Why it could not be read"),
         Field("summary.errors", "Error lines in all sources"),
         Field("summary.by_source", "Error lines per source (journal or file)"),
@@ -136,6 +138,8 @@ class LogsCollector(Collector):
         argv += [arg for unit in settings.units for arg in ("-u", unit)] + source
         result = run_command(argv, timeout_s=JOURNAL_TIMEOUT_S, output_cap_bytes=JOURNAL_OUTPUT_CAP_BYTES)
         entries, malformed, warnings, cut = parse_journal_json(result.output, since_us)
+        for entry in entries:
+            entry["error"] = matches_any(patterns, entry["message"])
         error = None
         if not result.ok:
             error = result.error or f"exit status {result.status}"
@@ -153,7 +157,7 @@ class LogsCollector(Collector):
             "truncated": result.truncated or cut,
             "warnings": warnings,
             "error": error,
-            "error_count": sum(1 for e in entries if matches_any(patterns, e["message"])),
+            "error_count": sum(1 for e in entries if e["error"]),
         }
 
     def no_system_journal(self) -> str | None:
@@ -252,12 +256,14 @@ def log_file_entries(spec: LogFileConfig, patterns: list[re.Pattern]) -> list[di
 
 
 def _file_entry(path: str, tail: LogTail, patterns: list[re.Pattern]) -> dict[str, Any]:
+    error_lines = [index for index, line in enumerate(tail.lines) if matches_any(patterns, line)]
     return {
         "path": path,
         "lines": tail.lines,
         "truncated": tail.truncated,
         "files_read": tail.files_read,
-        "error_count": sum(1 for line in tail.lines if matches_any(patterns, line)),
+        "error_count": len(error_lines),
+        "error_lines": error_lines,
         "error": tail.error,
     }
 

@@ -8,7 +8,6 @@ so that a page always renders and says what is missing.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -17,12 +16,6 @@ from server.api.models import CommandOut, ReportOut, VersionChangeOut
 from server.ingest import COMPONENT_KEY_PREFIX
 from server.models import HEALTH_STATUSES
 
-# The agent's default error patterns (agent/config.py DEFAULT_ERROR_PATTERNS). An agent with
-# its own patterns counts differently; then the page shows the last lines instead.
-ERROR_PATTERNS = (
-    re.compile(r"(?i)\b(error|err|critical|crit|fatal|panic|emerg|alert)\b"),
-    re.compile(r"(?i)\bfail(ed|ure)?\b"),
-)
 JOURNAL_ERROR_PRIORITY_MAX = 3  # err and worse (0 emerg .. 7 debug)
 LOG_LINES_SHOWN_MAX = 50
 LOG_TAIL_SHOWN_WHEN_UNSURE = 20
@@ -287,11 +280,6 @@ def versions_sheet(
     }
 
 
-def is_error_line(line: str) -> bool:
-    """Return True when ``line`` matches one of :data:`ERROR_PATTERNS`."""
-    return any(pattern.search(line) for pattern in ERROR_PATTERNS)
-
-
 def _journal_errors(journal: dict[str, Any]) -> dict[str, Any]:
     entries = [
         {
@@ -302,14 +290,16 @@ def _journal_errors(journal: dict[str, Any]) -> dict[str, Any]:
             "identifier": _text(e.get("identifier")),
             "pid": _number(e.get("pid")),
             "message": _text(e.get("message")) or "",
+            "error": e.get("error") is True,
         }
         for e in _dicts(journal.get("entries"))
     ]
     error_count = _number(journal.get("error_count")) or 0
+    # The agent flags what matches its error patterns; priority err and worse counts too.
     matching = [
         e
         for e in entries
-        if (e["priority"] is not None and e["priority"] <= JOURNAL_ERROR_PRIORITY_MAX) or is_error_line(e["message"])
+        if e["error"] or (e["priority"] is not None and e["priority"] <= JOURNAL_ERROR_PRIORITY_MAX)
     ]
     shown, unsure = matching, False
     if not matching and error_count:
@@ -329,7 +319,9 @@ def _journal_errors(journal: dict[str, Any]) -> dict[str, Any]:
 def _file_errors(entry: dict[str, Any]) -> dict[str, Any]:
     lines = _texts(entry.get("lines"))
     error_count = _number(entry.get("error_count")) or 0
-    matching = [line for line in lines if is_error_line(line)]
+    flagged = entry.get("error_lines")
+    indexes = flagged if isinstance(flagged, list) else []
+    matching = [lines[i] for i in indexes if isinstance(i, int) and 0 <= i < len(lines)]
     shown, unsure = matching, False
     if not matching and error_count:
         shown, unsure = lines[-LOG_TAIL_SHOWN_WHEN_UNSURE:], True
@@ -351,9 +343,9 @@ def log_errors(inventory: dict[str, Any] | None) -> dict[str, Any]:
     message}], hidden, unsure} | None, files: [{path, error, count, error_count, truncated,
     lines, hidden, unsure}]}``.
 
-    Shown are journal entries of priority err or worse or matching :data:`ERROR_PATTERNS`, and
-    file lines matching them, newest last. When the agent counted errors (with its own
-    patterns) but none of these match, the last lines are shown and ``unsure`` is True.
+    Shown are journal entries of priority err or worse or flagged ``error`` by the agent, and the
+    file lines the agent listed in ``error_lines``, newest last. When the agent counted errors
+    but flagged none, the last lines are shown and ``unsure`` is True.
     """
     part = collector(inventory, "logs")
     data = part["data"]

@@ -99,6 +99,7 @@ def test_journal_entries_come_back_with_units_priorities_and_decoded_binary(tmp_
 
     # "error: sensor timeout" and "checksum failed" match the default error patterns.
     assert journal["error_count"] == 2
+    assert [e["error"] for e in journal["entries"]] == [True, False, True, False]
     assert data["summary"] == {"errors": 2, "by_source": {"journal": 2}}
 
 

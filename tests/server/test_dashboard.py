@@ -137,7 +137,8 @@ def full_inventory(camera: str, kernel: str = "6.1.0-18-amd64", hostile_line: st
                     ],
                     "truncated": False,
                     "files_read": ["/opt/vision/log/vision.log"],
-                    "error_count": 1,
+                    "error_count": 2 if hostile_line else 1,
+                    "error_lines": [1, 2] if hostile_line else [1],
                     "error": None,
                 },
                 {
@@ -145,6 +146,15 @@ def full_inventory(camera: str, kernel: str = "6.1.0-18-amd64", hostile_line: st
                     "lines": ["cycle 1 ok", "cycle 2 ok", "E42 watchdog tripped"],
                     "truncated": False,
                     "files_read": ["/opt/plc/plc.log"],
+                    "error_count": 1,
+                    "error_lines": [2],
+                    "error": None,
+                },
+                {
+                    "path": "/opt/legacy/unmarked.log",
+                    "lines": ["boot", "E17 stall"],
+                    "truncated": False,
+                    "files_read": ["/opt/legacy/unmarked.log"],
                     "error_count": 1,
                     "error": None,
                 },
@@ -392,8 +402,10 @@ def test_device_page_shows_network_versions_history_health_and_log_errors(server
     assert "ERROR camera link lost on port 2" in logs
     assert "camera 2 did not answer within 500 ms" in logs
     assert "calibration loaded" not in logs and "frame rate below target" not in logs
-    # the PLC log's errors match none of the default patterns: its last lines are shown instead
-    assert "E42 watchdog tripped" in logs and "own patterns" in logs
+    # the PLC log's error matched the agent's own pattern: the agent marked it
+    assert "E42 watchdog tripped" in logs and "cycle 1 ok" not in logs
+    # errors counted but not marked: the last lines are shown, and the page says so
+    assert "E17 stall" in logs and "did not mark them" in logs
 
 
 def test_device_page_renders_skipped_failed_and_odd_collectors(server: ServerHelper) -> None:

@@ -221,6 +221,7 @@ def test_unreadable_file_is_reported_and_the_others_are_still_read(tmp_path, mon
         "truncated": False,
         "files_read": [str(tmp_path / "ok.log")],
         "error_count": 1,
+        "error_lines": [1],
         "error": None,
     }
 
@@ -244,6 +245,7 @@ def test_glob_without_match(tmp_path):
             "truncated": False,
             "files_read": [],
             "error_count": 0,
+            "error_lines": [],
             "error": "no file matches",
         }
     ]
@@ -256,6 +258,7 @@ def test_error_count_summary_per_source(tmp_path):
     files = [{"path": str(tmp_path / n)} for n in ("plc.log", "cam.log")]
     data = make_collector(tmp_path, files=files).collect()
     assert [f["error_count"] for f in data["files"]] == [2, 0]
+    assert [f["error_lines"] for f in data["files"]] == [[1, 2], []]
     assert data["summary"] == {
         "errors": 2,
         "by_source": {str(tmp_path / "plc.log"): 2, str(tmp_path / "cam.log"): 0},
