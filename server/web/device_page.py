@@ -297,9 +297,7 @@ def _journal_errors(journal: dict[str, Any]) -> dict[str, Any]:
     error_count = _number(journal.get("error_count")) or 0
     # The agent flags what matches its error patterns; priority err and worse counts too.
     matching = [
-        e
-        for e in entries
-        if e["error"] or (e["priority"] is not None and e["priority"] <= JOURNAL_ERROR_PRIORITY_MAX)
+        e for e in entries if e["error"] or (e["priority"] is not None and e["priority"] <= JOURNAL_ERROR_PRIORITY_MAX)
     ]
     shown, unsure = matching, False
     if not matching and error_count:
