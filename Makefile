@@ -21,7 +21,8 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent server tests bench
+	$(BIN)/ruff check agent server tests bench scripts
+	$(BIN)/ruff format --check agent server tests bench scripts
 
 test: $(STAMP) system-packages lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -6,16 +6,14 @@ import json
 
 import pytest
 
-from tests.integration.test_end_to_end import AgentProcess, ServerProcess
+from tests.processes import AgentProcess, ServerProcess
 from tests.tls import write_self_signed_cert
 
 
 @pytest.fixture
 def tls_server(tmp_path):
-    server = ServerProcess(tmp_path / "server", tls=write_self_signed_cert(tmp_path / "tls"))
-    server.start()
-    yield server
-    server.stop()
+    with ServerProcess(tmp_path / "server", tls=write_self_signed_cert(tmp_path / "tls")) as server:
+        yield server
 
 
 def test_enroll_over_https_needs_the_servers_ca(tls_server, tmp_path):
@@ -49,10 +47,8 @@ def test_plain_http_is_refused_beyond_loopback(tmp_path):
 
 @pytest.fixture
 def plain_server(tmp_path):
-    server = ServerProcess(tmp_path / "server")
-    server.start()
-    yield server
-    server.stop()
+    with ServerProcess(tmp_path / "server") as server:
+        yield server
 
 
 def test_report_is_queued_while_the_server_is_down_and_sent_later(plain_server, tmp_path):

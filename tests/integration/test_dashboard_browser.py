@@ -7,26 +7,18 @@ the installed ``telemaint`` command, then its daemon answers "Run checks now".
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
+from tests.processes import AGENT_COMMAND, ServerProcess, clean_environ, run_checked, stop_process
 from tests.realparts import require
-from tests.server.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
-BIN_DIR = Path(sys.executable).parent
-SERVER_COMMAND = str(BIN_DIR / "telemaint-server")
-AGENT_COMMAND = str(BIN_DIR / "telemaint")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -38,9 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ADMIN_PASSWORD = "dashboard test password"
-CLI_TIMEOUT_S = 120
-START_TIMEOUT_S = 30
-STOP_TIMEOUT_S = 15
 RESULT_TIMEOUT_S = 30
 PAGE_TIMEOUT_MS = 15_000
 SCREENSHOT = Path("/tmp/telemaint-device.png")
@@ -85,67 +74,18 @@ health:
 """
 
 
-def _run(argv: list[str], env: dict[str, str], stdin: str | None = None) -> str:
-    done = subprocess.run(
-        argv, input=stdin, capture_output=True, text=True, env=env, timeout=CLI_TIMEOUT_S, check=False
-    )
-    assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
-    return done.stdout
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@dataclass
-class Server:
-    url: str
-    env: dict[str, str]
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMAINT_")}
-    env["TELEMAINT_SERVER_DATA_DIR"] = str(tmp_path / "server")
-    db = f"sqlite:///{tmp_path / 'server' / 'server.db'}"
-    _run([SERVER_COMMAND, "init", "--db", db], env)
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [SERVER_COMMAND, "run", "--host", "127.0.0.1", "--port", str(port), "--db", db],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"server exited: {log_path.read_text()}"
-            try:
-                requests.get(f"{url}/login", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, f"server did not start: {log_path.read_text()}"
-                time.sleep(0.1)
-        yield Server(url=url, env={**env, "TELEMAINT_SERVER_DB": db})
-    finally:
-        _stop(process)
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path / "server") as server:
+        yield server
 
 
-def test_support_finds_the_device_sees_it_and_runs_checks(server: Server, tmp_path: Path) -> None:
+def test_support_finds_the_device_sees_it_and_runs_checks(server: ServerProcess, tmp_path: Path) -> None:
     require(CHROMIUM, "chromium")
     from playwright.sync_api import sync_playwright
 
-    _run([SERVER_COMMAND, "user", "add", "ada", "--role", "admin"], server.env, stdin=ADMIN_PASSWORD + "\n")
-    code = json.loads(_run([SERVER_COMMAND, "enrollment-code", "--json"], server.env))["code"]
+    server.cli("user", "add", "ada", "--role", "admin", stdin=ADMIN_PASSWORD + "\n")
+    code = json.loads(server.cli("enrollment-code", "--json"))["code"]
 
     camera_version = tmp_path / "camera.version"
     camera_version.write_text("2.3.1\n")
@@ -153,16 +93,17 @@ def test_support_finds_the_device_sees_it_and_runs_checks(server: Server, tmp_pa
     vision_log.write_text("08:00:01 INFO calibration loaded\n08:02:13 ERROR camera link lost on port 2\n")
     config = tmp_path / "agent.yaml"
     config.write_text(AGENT_CONFIG.format(url=server.url, camera_version=camera_version, vision_log=vision_log))
-    agent_env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMAINT_")}
-    agent_env["TELEMAINT_STATE_DIR"] = str(tmp_path / "agent-state")
+    agent_env = clean_environ(TELEMAINT_STATE_DIR=str(tmp_path / "agent-state"))
     agent = [AGENT_COMMAND]
-    assert "enrolled as device" in _run(
+    assert "enrolled as device" in run_checked(
         [*agent, "enroll", "--server", server.url, "--code", code, "--config", str(config)], agent_env
     )
     for kind in ("inventory", "health"):
-        assert f"{kind} report sent" in _run([*agent, "report", "--kind", kind, "--config", str(config)], agent_env)
+        assert f"{kind} report sent" in run_checked(
+            [*agent, "report", "--kind", kind, "--config", str(config)], agent_env
+        )
     camera_version.write_text("2.4.0\n")  # a firmware update, seen by the next inventory
-    assert "inventory report sent" in _run(
+    assert "inventory report sent" in run_checked(
         [*agent, "report", "--kind", "inventory", "--config", str(config)], agent_env
     )
 
@@ -225,4 +166,4 @@ def test_support_finds_the_device_sees_it_and_runs_checks(server: Server, tmp_pa
         finally:
             browser.close()
             if daemon is not None:
-                _stop(daemon)
+                stop_process(daemon)

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_end_to_end import free_port
+from tests.processes import free_port
 
 DEMO = Path(__file__).parents[2] / "scripts" / "demo.py"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -40,6 +39,7 @@ from server.db import make_engine
 from server.enrollment import create_enrollment_code
 from server.migrations import upgrade_schema
 from server.models import ApiToken, User
+from tests.processes import free_port
 
 DB_URLS_ENV = "TELEMAINT_TEST_DB_URLS"
 DEFAULT_DB_URLS = "sqlite,postgresql"
@@ -70,13 +70,6 @@ def _missing(reason: str) -> None:
     if _under_ci():
         pytest.fail(f"{reason} (CI=true: a missing PostgreSQL is a failure)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """Return a TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pg_bindir() -> Path | None:
