@@ -214,7 +214,6 @@ class AgentDaemon:
         self._send_lock = threading.RLock()
         self._uplink: Uplink | None = None
         self._uplink_lock = threading.Lock()
-        self._scheduler: Any = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -241,7 +240,6 @@ class AgentDaemon:
                 name=name,
                 next_run_time=now,
             )
-        self._scheduler = scheduler
         sender = threading.Thread(target=self._sender_loop, name="sender", daemon=True)
         control = threading.Thread(target=self._control_loop, name="control", daemon=True)
         self._install_signal_handlers()
@@ -252,6 +250,7 @@ class AgentDaemon:
         logger.info("telemaint agent running; state in %s", self.state_dir)
         self._stop.wait()
         logger.info("stopping")
+        # A job still running (a check child) is not waited for; the outbox is transactional.
         scheduler.shutdown(wait=False)
         self._wake_sender.set()
         sender.join(timeout=5)
