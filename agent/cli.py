@@ -141,28 +141,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def offline_status(config: AgentConfig) -> dict[str, Any]:
     """Return what can be known without the daemon: enrollment and the outbox."""
-    from agent.daemon import outbox_path
-    from agent.identity import load_credentials
+    from agent.daemon import outbox_path, status_document
     from agent.outbox import Outbox
 
-    credentials = load_credentials(config.state_dir)
     depth = {"total": 0}
     if outbox_path(config.state_dir).exists():
         with Outbox(outbox_path(config.state_dir)) as outbox:
             depth = outbox.depth()
-    return {
-        "daemon": {"running": False},
-        "enrolled": credentials is not None,
-        "device_id": credentials.device_id if credentials else None,
-        "server_url": config.server.url or (credentials.server_url if credentials else None),
-        "server_reachable": None,
-        "last_contact_at": None,
-        "last_sent_at": None,
-        "last_error": None,
-        "outbox": depth,
-        "health": {"status": None, "at": None},
-        "jobs": {},
-    }
+    return status_document(config.state_dir, config.server.url, depth)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -199,7 +185,15 @@ def render_status(status: dict[str, Any]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from agent.daemon import DaemonSettings, ask_daemon, flush_outbox, make_uplink, outbox_path, prepare_state_dir
+    from agent.daemon import (
+        DaemonSettings,
+        ask_daemon,
+        delivery_reply,
+        flush_outbox,
+        make_uplink,
+        outbox_path,
+        prepare_state_dir,
+    )
     from agent.identity import load_credentials
     from agent.outbox import Outbox, new_report
     from agent.reports import heartbeat_document
@@ -216,12 +210,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         with Outbox(outbox_path(config.state_dir)) as outbox:
             outbox.put(new_report(args.kind, documents[args.kind]()))
             credentials = load_credentials(config.state_dir)
-            if credentials is None:
-                reply = {"ok": True, "sent": False, "queued": outbox.depth()["total"], "error": "not enrolled"}
-            else:
-                uplink = make_uplink(DaemonSettings.from_config(config), credentials)
-                result = flush_outbox(outbox, uplink)
-                reply = {"ok": True, "sent": result.error is None, "queued": result.remaining, "error": result.error}
+            uplink = make_uplink(DaemonSettings.from_config(config), credentials) if credentials else None
+            reply = delivery_reply(outbox, flush_outbox(outbox, uplink) if uplink else None)
     if not reply.get("ok"):
         raise UsageError(reply.get("error", "the daemon refused the request"))
     if reply["sent"]:

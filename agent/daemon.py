@@ -447,20 +447,8 @@ class AgentDaemon:
     # --- control socket ----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        credentials = load_credentials(self.state_dir)
-        return {
-            "daemon": {"running": True, "pid": os.getpid(), "started_at": self.state.started_at},
-            "enrolled": credentials is not None,
-            "device_id": credentials.device_id if credentials else None,
-            "server_url": self.settings.server_url or (credentials.server_url if credentials else None),
-            "server_reachable": self.state.server_reachable,
-            "last_contact_at": self.state.last_contact_at,
-            "last_sent_at": self.state.last_sent_at,
-            "last_error": self.state.last_error,
-            "outbox": self.outbox.depth(),
-            "health": {"status": self.state.health_status, "at": self.state.health_at},
-            "jobs": self.state.jobs,
-        }
+        running = {"running": True, "pid": os.getpid(), "started_at": self.state.started_at}
+        return status_document(self.state_dir, self.settings.server_url, self.outbox.depth(), running, self.state)
 
     def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         action = request.get("action")
@@ -473,10 +461,7 @@ class AgentDaemon:
                 return {"ok": False, "error": f"unknown report kind {kind!r}"}
             jobs[kind]()
             uplink = self._get_uplink()
-            if uplink is None:
-                return {"ok": True, "sent": False, "queued": self.outbox.depth()["total"], "error": "not enrolled"}
-            result = self._deliver_now(uplink)
-            return {"ok": True, "sent": result.error is None, "queued": result.remaining, "error": result.error}
+            return delivery_reply(self.outbox, self._deliver_now(uplink) if uplink else None)
         return {"ok": False, "error": f"unknown action {action!r}"}
 
     def _control_loop(self) -> None:
@@ -514,6 +499,40 @@ class AgentDaemon:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def status_document(
+    state_dir: Path,
+    server_url: str | None,
+    outbox_depth: dict[str, int],
+    daemon: dict[str, Any] | None = None,
+    state: DaemonState | None = None,
+) -> dict[str, Any]:
+    """Return ``telemaint status --json``: from the running daemon's ``state``, or (without one)
+    what the state directory tells."""
+    credentials = load_credentials(state_dir)
+    state = state or DaemonState(started_at="")
+    return {
+        "daemon": daemon or {"running": False},
+        "enrolled": credentials is not None,
+        "device_id": credentials.device_id if credentials else None,
+        "server_url": server_url or (credentials.server_url if credentials else None),
+        "server_reachable": state.server_reachable,
+        "last_contact_at": state.last_contact_at,
+        "last_sent_at": state.last_sent_at,
+        "last_error": state.last_error,
+        "outbox": outbox_depth,
+        "health": {"status": state.health_status, "at": state.health_at},
+        "jobs": state.jobs,
+    }
+
+
+def delivery_reply(outbox: Outbox, result: DeliveryResult | None) -> dict[str, Any]:
+    """Return the answer to "send a report now": ``{ok, sent, queued, error}``; ``result`` is
+    None when the device is not enrolled (nothing could be sent)."""
+    if result is None:
+        return {"ok": True, "sent": False, "queued": outbox.depth()["total"], "error": "not enrolled"}
+    return {"ok": True, "sent": result.error is None, "queued": result.remaining, "error": result.error}
 
 
 def peer_allowed(conn: socket.socket) -> bool:

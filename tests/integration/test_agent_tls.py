@@ -60,6 +60,15 @@ def test_report_is_queued_while_the_server_is_down_and_sent_later(plain_server, 
     queued = agent.run("report")
     assert queued.returncode == 75
     assert queued.stdout.startswith("heartbeat report queued (1 in the outbox): cannot reach ")
+    # Without a daemon, `status` says so (exit 1) and reads enrollment and the outbox from disk.
+    offline = agent.run("status", "--json")
+    assert offline.returncode == 1
+    status = json.loads(offline.stdout)
+    assert (status["daemon"], status["enrolled"], status["outbox"]) == (
+        {"running": False},
+        True,
+        {"heartbeat": 1, "total": 1},
+    )
     server.start()
     sent = agent.run("report", "--kind", "inventory")
     assert sent.returncode == 0, sent.stdout + sent.stderr
