@@ -172,15 +172,16 @@ class ServerProcess:
 class AgentProcess:
     """The ``telemaint`` agent with a config in ``root`` that reports to ``server`` every second or so."""
 
-    def __init__(self, root: Path, server: ServerProcess):
+    def __init__(self, root: Path, server: ServerProcess, proxy: str | None = None):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "agent.yaml"
+        proxy_line = f"\n  proxy: {proxy}" if proxy else ""
         self.config.write_text(
             f"""\
 device: {{name: e2e-bench, serial: E2E-0001, model: TB-3000, customer: ACME}}
 server:
-  url: {server.url}
+  url: {server.url}{proxy_line}
   timeout: 5s
   intervals: {{heartbeat: 0.5s, health: 1s, inventory: 1h, commands: 1s, jitter: 0}}
 state_dir: {root / "state"}
