@@ -25,6 +25,13 @@ def test_command_round_trip(server: ServerHelper) -> None:
     assert server.client.get("/api/v1/agent/commands", headers=device.headers).json() == {"commands": []}
     listed = server.client.get(f"/api/v1/devices/{device.id}/commands", headers=support).json()["commands"]
     assert [c["status"] for c in listed] == ["sent"]
+    # ... unless the agent never answered: then it gets it again after ten minutes
+    server.clock.advance(599)
+    assert server.client.get("/api/v1/agent/commands", headers=device.headers).json() == {"commands": []}
+    server.clock.advance(2)
+    resent = server.client.get("/api/v1/agent/commands", headers=device.headers).json()["commands"]
+    assert [c["id"] for c in resent] == [command["id"]]
+    assert server.client.get("/api/v1/agent/commands", headers=device.headers).json() == {"commands": []}
 
     server.clock.advance(3)
     result = {"status": "done", "message": "3 checks, worst OK", "result": {"status": "OK", "exit_code": 0}}

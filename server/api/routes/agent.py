@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, status
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from server.api.deps import CurrentDevice, NowDep, RowIdPath, SessionDep
@@ -23,6 +24,8 @@ from server.models import Command
 log = logging.getLogger(__name__)
 
 COMMANDS_PER_POLL = 20
+# A command handed out but never answered (the agent died or lost the reply) is handed out again.
+COMMAND_RESEND_AFTER_S = 600
 STORE_ATTEMPTS = 2
 
 router = APIRouter(prefix="/agent", tags=["agent"])
@@ -45,10 +48,15 @@ def post_reports(batch: ReportBatchIn, device: CurrentDevice, session: SessionDe
 
 @router.get("/commands")
 def poll_commands(device: CurrentDevice, session: SessionDep, now: NowDep) -> AgentCommandListOut:
-    """Return the queued commands of this device (oldest first) and mark them sent."""
+    """Return the queued commands of this device (oldest first), and those sent over
+    :data:`COMMAND_RESEND_AFTER_S` ago without an answer, and mark them sent."""
+    stale = now - timedelta(seconds=COMMAND_RESEND_AFTER_S)
     commands = session.scalars(
         select(Command)
-        .where(Command.device_id == device.id, Command.status == "queued")
+        .where(
+            Command.device_id == device.id,
+            or_(Command.status == "queued", and_(Command.status == "sent", Command.sent_at < stale)),
+        )
         .order_by(Command.id)
         .limit(COMMANDS_PER_POLL)
         .with_for_update(skip_locked=True)
