@@ -558,11 +558,15 @@ def default_config_path() -> Path:
 def load_config(path: Path | str | None = None) -> AgentConfig:
     """Read and validate the agent config at ``path`` (default: $TELEMAINT_CONFIG or
     /etc/telemaint/agent.yaml). Raises ConfigError listing every problem found."""
-    path = Path(path) if path is not None else default_config_path()
+    chosen = path is not None
+    path = Path(path) if chosen else default_config_path()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        hint = ""
+        if isinstance(exc, FileNotFoundError) and not chosen:
+            hint = f" (give --config FILE or set {CONFIG_ENV}; configs/agent.example.yaml is a commented start)"
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}{hint}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     config = parse_config(text, str(path))

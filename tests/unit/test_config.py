@@ -197,3 +197,13 @@ def test_thresholds_must_be_in_order():
         "agent.yaml:4: health.checks[1]: min (3) is above max (1)",
         "agent.yaml:5: health.checks[2].timeout: Input should be greater than 0",
     ]
+
+
+def test_missing_default_file_says_how_to_point_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("TELEMAINT_CONFIG", str(tmp_path / "agent.yaml"))
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.problems == [
+        f"{tmp_path / 'agent.yaml'}: cannot read: No such file or directory (give --config FILE or set "
+        "TELEMAINT_CONFIG; configs/agent.example.yaml is a commented start)"
+    ]
