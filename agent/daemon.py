@@ -54,6 +54,7 @@ MALLOC_ARENAS = 2
 INVENTORY_TIMEOUT_S = 900.0
 HEALTH_TIMEOUT_S = 300.0
 CHILD_OUTPUT_CAP_BYTES = 32 * 1024 * 1024
+HTTP_UNAUTHORIZED = 401
 SETTINGS_PIPE_MAX_BYTES = 60 * 1024  # below the pipe's buffer, so the write cannot block
 
 
@@ -162,6 +163,7 @@ class DeliveryResult:
     sent: int = 0
     remaining: int = 0
     error: str | None = None
+    http_status: int | None = None  # the server's answer when it refused the batch
 
 
 def flush_outbox(outbox: Outbox, uplink: Uplink, stop: threading.Event | None = None) -> DeliveryResult:
@@ -177,7 +179,7 @@ def flush_outbox(outbox: Outbox, uplink: Uplink, stop: threading.Event | None = 
         try:
             acked = set(uplink.send_reports([r.as_wire() for r in batch]))
         except UplinkError as exc:
-            result.error = str(exc)
+            result.error, result.http_status = str(exc), exc.status
             break
         result.sent += outbox.ack(r.id for r in batch if r.id in acked)
         if not acked.intersection(r.id for r in batch):
@@ -349,7 +351,7 @@ class AgentDaemon:
         try:
             commands = uplink.fetch_commands()
         except UplinkError as exc:
-            self._note_failure(str(exc))
+            self._note_failure(str(exc), exc.status)
             return
         self._note_contact()
         for command in commands:
@@ -399,15 +401,20 @@ class AgentDaemon:
         self.state.last_contact_at = utc_now_iso()
         self.state.last_error = None
 
-    def _note_failure(self, error: str) -> None:
-        self.state.server_reachable = False
+    def _note_failure(self, error: str, http_status: int | None = None) -> None:
+        """Record a failed exchange; ``http_status`` is set when the server answered."""
+        self.state.server_reachable = http_status is not None
         self.state.last_error = error
+        if http_status == HTTP_UNAUTHORIZED:
+            # The token was replaced (enrolled again) or revoked: read the credentials anew.
+            with self._uplink_lock:
+                self._uplink = None
 
     def _deliver_now(self, uplink: Uplink) -> DeliveryResult:
         with self._send_lock:
             result = flush_outbox(self.outbox, uplink, self._stop)
         if result.error:
-            self._note_failure(result.error)
+            self._note_failure(result.error, result.http_status)
         else:
             self._note_contact()
         if result.sent:

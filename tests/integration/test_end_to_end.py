@@ -79,3 +79,20 @@ def test_every_report_arrives_exactly_once_through_outage_and_kill9(stack):
     # A report whose log line was lost to SIGKILL (stored, not yet logged) may be on the server
     # without a log line: at most one per kill.
     assert len(set(stored) - set(queued)) <= 2
+
+
+def test_enrolling_again_while_the_daemon_runs_switches_it_to_the_new_token(stack):
+    server, agent = stack
+    server.start()
+    first = json.loads(server.cli("enrollment-code", "--json"))["code"]
+    assert agent.run("enroll", "--server", server.url, "--code", first).returncode == 0
+    agent.start()
+    wait_for(lambda: len(server.report_uuids()) >= 3, 30, "the first reports to arrive")
+
+    second = json.loads(server.cli("enrollment-code", "--json"))["code"]
+    again = agent.run("enroll", "--server", server.url, "--code", second, "--force")
+    assert again.returncode == 0, again.stderr
+    # The old token is refused from now on; the daemon must read the new one without a restart.
+    after = len(server.report_uuids())
+    wait_for(lambda: len(server.report_uuids()) >= after + 5, 60, "reports under the new token")
+    assert agent.status()["server_reachable"] is True
