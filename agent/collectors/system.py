@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from agent.collectors import Collector, Field, register
+from agent.runner import mask_command
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ _PROCESS_FIELDS = (
     ("user", "User the process runs as", None),
     ("cpu_percent", "CPU share over the process's lifetime, as ps shows it (100 = one core)", "%"),
     ("rss_bytes", "Resident memory", "B"),
-    ("cmdline", f"Command line, at most {CMDLINE_MAX_CHARS} characters", None),
+    ("cmdline", f"Command line, secrets masked, at most {CMDLINE_MAX_CHARS} characters", None),
 )
 
 
@@ -165,7 +166,8 @@ def top_processes(count: int = TOP_PROCESS_COUNT) -> dict[str, list[dict[str, An
     def describe(proc: psutil.Process, cpu_percent: float, rss_bytes: int) -> dict[str, Any] | None:
         if proc.pid not in details:
             try:
-                cmdline = " ".join(proc.cmdline())[:CMDLINE_MAX_CHARS] or None
+                # Passwords and tokens given as arguments stay on the machine.
+                cmdline = mask_command(proc.cmdline())[:CMDLINE_MAX_CHARS] or None
                 details[proc.pid] = {
                     "pid": proc.pid,
                     "name": proc.info["name"],

@@ -192,8 +192,9 @@ def test_failing_sensor_driver_does_not_fail_the_collector(context, monkeypatch)
 
 
 class FakeProcess:
-    def __init__(self, pid, cpu_s, age_s, rss, vanish=False, denied=False, info_denied=False):
+    def __init__(self, pid, cpu_s, age_s, rss, vanish=False, denied=False, info_denied=False, argv=None):
         self.pid = pid
+        self.argv = argv
         self.vanish = vanish
         self.denied = denied
         self.info = {
@@ -207,7 +208,7 @@ class FakeProcess:
     def cmdline(self):
         if self.vanish:
             raise psutil.NoSuchProcess(self.pid)
-        return [f"/usr/bin/proc{self.pid}", "--flag", "x" * 300]
+        return self.argv or [f"/usr/bin/proc{self.pid}", "--flag", "x" * 300]
 
     def username(self):
         if self.denied:
@@ -240,6 +241,15 @@ def test_ranks_by_lifetime_cpu_share_and_rss_skipping_vanished_processes(monkeyp
     assert first["user"] == "svc"
     assert first["cmdline"].startswith("/usr/bin/proc10 --flag xxx")
     assert len(first["cmdline"]) == 200
+
+
+def test_secrets_on_command_lines_stay_on_the_machine(monkeypatch):
+    argv = ["mysqldump", "--password", "hunter2", "--user=backup", "api_token=abc123", "db"]
+    processes = [FakeProcess(20, cpu_s=5, age_s=10, rss=10, argv=argv)]
+    monkeypatch.setattr(psutil, "process_iter", lambda attrs=None: iter(processes))
+    cmdline = system_module.top_processes()["by_cpu"][0]["cmdline"]
+    assert cmdline == "mysqldump --password *** --user=backup api_token=*** db"
+    assert "hunter2" not in cmdline and "abc123" not in cmdline
 
 
 def test_disks_are_real_filesystems_once_per_device(monkeypatch):
