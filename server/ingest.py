@@ -187,7 +187,9 @@ def store_reports(session: Session, device: Device, reports: Sequence[ReportIn],
     unique = {r.id: r for r in reports}
     existing: set[uuid.UUID] = set()
     if unique:
-        existing = set(session.scalars(select(Report.uuid).where(Report.uuid.in_(list(unique)))))
+        existing = set(
+            session.scalars(select(Report.uuid).where(Report.device_id == device.id, Report.uuid.in_(list(unique))))
+        )
     new = sorted((r for r in unique.values() if r.id not in existing), key=lambda r: r.created_at)
     if new:
         session.execute(

@@ -69,7 +69,111 @@ def _create_initial_schema(connection: Connection) -> None:
     Base.metadata.create_all(connection)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create the initial schema", _create_initial_schema),)
+# Migration 2, written out as DDL so that later model changes cannot alter what it does.
+_V2_NEW_TABLES = """
+CREATE TABLE user_sessions (
+    id {serial} NOT NULL,
+    user_id INTEGER NOT NULL,
+    token_hash VARCHAR(64) NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    last_seen_at {ts} NOT NULL,
+    address VARCHAR(64),
+    user_agent VARCHAR(200),
+    CONSTRAINT pk_user_sessions PRIMARY KEY (id),
+    CONSTRAINT fk_user_sessions_user_id_users FOREIGN KEY(user_id) REFERENCES users (id) ON DELETE CASCADE,
+    CONSTRAINT uq_user_sessions_token_hash UNIQUE (token_hash)
+);
+CREATE INDEX ix_user_sessions_user_id ON user_sessions (user_id);
+CREATE TABLE login_failures (
+    id {bigserial} NOT NULL,
+    name VARCHAR(200) NOT NULL,
+    address VARCHAR(64) NOT NULL,
+    at {ts} NOT NULL,
+    CONSTRAINT pk_login_failures PRIMARY KEY (id)
+);
+CREATE INDEX ix_login_failures_address_at ON login_failures (address, at);
+CREATE INDEX ix_login_failures_at ON login_failures (at);
+CREATE INDEX ix_login_failures_name_at ON login_failures (name, at);
+CREATE TABLE device_usage (
+    device_id INTEGER NOT NULL,
+    day VARCHAR(10) NOT NULL,
+    bytes BIGINT NOT NULL,
+    reports INTEGER NOT NULL,
+    refused_bytes BIGINT NOT NULL,
+    refused_reports INTEGER NOT NULL,
+    first_refused_at {ts},
+    CONSTRAINT pk_device_usage PRIMARY KEY (device_id, day),
+    CONSTRAINT fk_device_usage_device_id_devices FOREIGN KEY(device_id) REFERENCES devices (id) ON DELETE CASCADE
+);
+ALTER TABLE devices ADD COLUMN claimed_customer VARCHAR(200);
+ALTER TABLE enrollment_codes ADD COLUMN for_device_id INTEGER {fk_name}REFERENCES devices (id);
+ALTER TABLE users ADD COLUMN disabled_at {ts};
+"""
+
+# SQLite cannot drop a table constraint: the reports table is rebuilt.
+_V2_SQLITE_REPORTS = """
+DROP INDEX ix_reports_device_kind_created;
+ALTER TABLE reports RENAME TO reports_v1;
+CREATE TABLE reports (
+    id INTEGER NOT NULL,
+    uuid CHAR(32) NOT NULL,
+    device_id INTEGER NOT NULL,
+    kind VARCHAR(16) NOT NULL,
+    created_at DATETIME NOT NULL,
+    received_at DATETIME NOT NULL,
+    payload JSON NOT NULL,
+    size INTEGER DEFAULT '0' NOT NULL,
+    CONSTRAINT pk_reports PRIMARY KEY (id),
+    CONSTRAINT uq_reports_device_id_uuid UNIQUE (device_id, uuid),
+    CONSTRAINT fk_reports_device_id_devices FOREIGN KEY(device_id) REFERENCES devices (id) ON DELETE CASCADE
+);
+INSERT INTO reports (id, uuid, device_id, kind, created_at, received_at, payload, size)
+    SELECT id, uuid, device_id, kind, MIN(created_at, received_at), received_at, payload, length(payload)
+    FROM reports_v1;
+DROP TABLE reports_v1;
+CREATE INDEX ix_reports_device_kind_created ON reports (device_id, kind, created_at);
+"""
+
+_V2_POSTGRESQL_REPORTS = """
+ALTER TABLE reports DROP CONSTRAINT uq_reports_uuid;
+ALTER TABLE reports ADD CONSTRAINT uq_reports_device_id_uuid UNIQUE (device_id, uuid);
+ALTER TABLE reports ADD COLUMN size INTEGER DEFAULT '0' NOT NULL;
+UPDATE reports SET size = octet_length(payload::text), created_at = LEAST(created_at, received_at);
+"""
+
+
+def _run_script(connection: Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.exec_driver_sql(statement)
+
+
+def _identity_and_sessions(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        types = {"serial": "INTEGER", "bigserial": "INTEGER", "ts": "DATETIME", "fk_name": ""}
+        reports = _V2_SQLITE_REPORTS
+    else:
+        types = {
+            "serial": "SERIAL",
+            "bigserial": "BIGSERIAL",
+            "ts": "TIMESTAMP WITH TIME ZONE",
+            "fk_name": "CONSTRAINT fk_enrollment_codes_for_device_id_devices ",
+        }
+        reports = _V2_POSTGRESQL_REPORTS
+    _run_script(connection, _V2_NEW_TABLES.format(**types))
+    _run_script(connection, reports)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create the initial schema", _create_initial_schema),
+    Migration(
+        2,
+        "report ids unique per device, report sizes, usage budgets, server-side sessions, "
+        "login failures, disabled users, device-bound enrollment codes",
+        _identity_and_sessions,
+    ),
+)
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     Uuid,
     event,
 )
@@ -65,6 +66,8 @@ class Device(Base):
     report_interval_s: Mapped[int]
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
     ssh_public_key: Mapped[str] = mapped_column(String(SSH_KEY_MAX_CHARS))
+    # What the machine said its customer was; only an admin assigns ``customer_id`` from it.
+    claimed_customer: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS))
 
 
 class EnrollmentCode(Base):
@@ -80,21 +83,27 @@ class EnrollmentCode(Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"))
+    # Issued by an admin for re-enrolling this one device (a reinstall that kept nothing).
+    for_device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id"))
 
 
 class Report(Base):
-    """One report as the agent sent it; ``uuid`` makes a resend harmless."""
+    """One report as the agent sent it; ``(device_id, uuid)`` makes a resend harmless."""
 
     __tablename__ = "reports"
-    __table_args__ = (Index("ix_reports_device_kind_created", "device_id", "kind", "created_at"),)
+    __table_args__ = (
+        UniqueConstraint("device_id", "uuid"),
+        Index("ix_reports_device_kind_created", "device_id", "kind", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    uuid: Mapped[uuid.UUID] = mapped_column(Uuid(), unique=True)
+    uuid: Mapped[uuid.UUID] = mapped_column(Uuid())
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime]  # the agent's clock
+    created_at: Mapped[datetime]  # the agent's clock, never later than received_at
     received_at: Mapped[datetime]
     payload: Mapped[dict[str, Any]]
+    size: Mapped[int] = mapped_column(Integer, server_default="0")  # bytes of the payload as JSON
 
 
 class DeviceState(Base):
@@ -155,6 +164,55 @@ class User(Base):
     customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class UserSession(Base):
+    """A dashboard or API login; the cookie carries a random token whose sha256 is stored here.
+
+    Logout deletes the row, so a copied cookie dies with it; a password change or disabling the
+    user deletes all the user's rows.
+    """
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(NAME_MAX_CHARS))
+
+
+class LoginFailure(Base):
+    """One failed login, kept for the limiter's window; shared by every server process."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (
+        Index("ix_login_failures_name_at", "name", "at"),
+        Index("ix_login_failures_address_at", "address", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX_CHARS))  # lower case
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(index=True)
+
+
+class DeviceUsage(Base):
+    """What one device stored on one UTC day, against its daily storage budget."""
+
+    __tablename__ = "device_usage"
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    reports: Mapped[int] = mapped_column(Integer)
+    refused_bytes: Mapped[int] = mapped_column(BigInteger)
+    refused_reports: Mapped[int] = mapped_column(Integer)
+    first_refused_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):

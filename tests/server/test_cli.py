@@ -14,6 +14,7 @@ from sqlalchemy import select
 from server.auth import verify_password
 from server.cli import main
 from server.db import make_engine, make_sessionmaker
+from server.migrations import LATEST_SCHEMA_VERSION
 from server.models import AuditEvent, Customer, User
 
 
@@ -40,10 +41,10 @@ def test_init_creates_secret_and_schema_and_is_repeatable(
 ) -> None:
     assert main(["init", *args]) == 0
     out = capsys.readouterr().out
-    assert "created secret key" in out and "schema at version 1" in out
+    assert "created secret key" in out and f"schema at version {LATEST_SCHEMA_VERSION}" in out
     assert stat.S_IMODE((tmp_path / "state" / "secret_key").stat().st_mode) == 0o600
     assert main(["init", *args]) == 0
-    assert "schema already at version 1" in capsys.readouterr().out
+    assert f"schema already at version {LATEST_SCHEMA_VERSION}" in capsys.readouterr().out
 
 
 def test_init_creates_the_default_sqlite_file_in_the_data_dir(tmp_path: Path) -> None:
