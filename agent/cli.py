@@ -19,6 +19,7 @@ from agent.config import (
     format_duration,
     load_config,
 )
+from agent.identity import CredentialsError, IdentityError
 from agent.reports import health_document, inventory_document, utc_now_iso
 
 logger = logging.getLogger("telemaint")
@@ -95,11 +96,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from agent.daemon import prepare_state_dir
-    from agent.identity import Credentials, ensure_device_key, load_credentials, save_credentials
+    from agent.identity import (
+        Credentials,
+        ensure_device_key,
+        load_credentials,
+        save_credentials,
+        sign_with_device_key,
+    )
     from agent.uplink import Uplink, UplinkError
 
     config = load_config(args.config)
-    existing = load_credentials(config.state_dir)
+    try:
+        existing = load_credentials(config.state_dir)
+    except CredentialsError:
+        if not args.force:
+            raise
+        existing = None  # broken: enrolling again replaces it
     if existing is not None and not args.force:
         raise UsageError(
             f"already enrolled as device {existing.device_id} with {existing.server_url}; use --force to enroll again"
@@ -109,7 +121,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         uplink = Uplink(args.server, ca_file=str(ca_file) if ca_file else None, proxy=config.server.proxy)
         prepare_state_dir(config.state_dir)
         public_key = ensure_device_key(config.state_dir)
-        reply = uplink.enroll(args.code, config.device.model_dump(), public_key)
+        reply = uplink.enroll(
+            args.code,
+            config.device.model_dump(),
+            public_key,
+            sign=lambda message: sign_with_device_key(config.state_dir, message),
+        )
     except UplinkError as exc:
         print(f"telemaint: enrollment failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -140,14 +157,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def offline_status(config: AgentConfig) -> dict[str, Any]:
-    """Return what can be known without the daemon: enrollment and the outbox."""
+    """Return what can be known without the daemon: enrollment and the outbox. A broken outbox
+    is reset on the way; raises StateFileError when it cannot be opened at all."""
+    import sqlite3
+
     from agent.daemon import outbox_path, status_document
     from agent.outbox import Outbox
 
     depth = {"total": 0}
-    if outbox_path(config.state_dir).exists():
-        with Outbox(outbox_path(config.state_dir)) as outbox:
-            depth = outbox.depth()
+    path = outbox_path(config.state_dir)
+    if path.exists():
+        try:
+            with Outbox(path) as outbox:
+                depth = outbox.depth()
+        except (OSError, sqlite3.Error) as exc:  # permissions, or busy for longer than its timeout
+            raise StateFileError(f"cannot open the outbox {path}: {exc}") from None
     return status_document(config.state_dir, config.server.url, depth)
 
 
@@ -155,6 +179,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from agent.daemon import ask_daemon
 
     config = load_config(args.config)
+    if args.ack:
+        acknowledged = acknowledge_state_problems(config)
+        if not args.json:
+            print(f"acknowledged {acknowledged} state problem{'s' * (acknowledged != 1)}")
     reply = ask_daemon(config.state_dir, {"action": "status"}, timeout_s=10)
     status = reply["status"] if reply and reply.get("ok") else offline_status(config)
     if args.json:
@@ -162,6 +190,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(status))
     return EXIT_OK if status["daemon"]["running"] else EXIT_FAILED
+
+
+def acknowledge_state_problems(config: AgentConfig) -> int:
+    """Dismiss the recorded state problems (through the daemon when it runs, so that members
+    of group telemaint may); return how many there were. Raises StateFileError."""
+    from agent import outbox
+    from agent.daemon import ask_daemon
+
+    reply = ask_daemon(config.state_dir, {"action": "ack_state_problems"}, timeout_s=10)
+    if reply and reply.get("ok"):
+        return int(reply["acknowledged"])
+    try:
+        return outbox.acknowledge_state_problems(config.state_dir)
+    except OSError as exc:
+        raise StateFileError(f"cannot acknowledge the state problems in {config.state_dir}: {exc}") from None
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -180,12 +223,16 @@ def render_status(status: dict[str, Any]) -> str:
         ("outbox", f"{status['outbox']['total']} queued"),
         ("health", status["health"]["status"] or "-"),
     ]
+    for problem in status.get("state_problems", []):
+        dismiss = " (telemaint status --ack dismisses it)" if problem.get("until") == "acknowledged" else ""
+        rows.append(("state problem", f"{problem['message']}{dismiss}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from agent.daemon import (
+        NOT_ENROLLED,
         DaemonSettings,
         ask_daemon,
         delivery_reply,
@@ -209,9 +256,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         prepare_state_dir(config.state_dir)
         with Outbox(outbox_path(config.state_dir)) as outbox:
             outbox.put(new_report(args.kind, documents[args.kind]()))
-            credentials = load_credentials(config.state_dir)
+            try:
+                credentials, unsent_reason = load_credentials(config.state_dir), NOT_ENROLLED
+            except CredentialsError as exc:
+                credentials, unsent_reason = None, str(exc)
             uplink = make_uplink(DaemonSettings.from_config(config), credentials) if credentials else None
-            reply = delivery_reply(outbox, flush_outbox(outbox, uplink) if uplink else None)
+            reply = delivery_reply(outbox, flush_outbox(outbox, uplink) if uplink else None, unsent_reason)
     if not reply.get("ok"):
         raise UsageError(reply.get("error", "the daemon refused the request"))
     if reply["sent"]:
@@ -334,6 +384,10 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit 2."""
 
 
+class StateFileError(Exception):
+    """A file in the agent's state directory cannot be used: printed as one line, exit 1."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -393,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="show the agent's state; exit 1 if the daemon is not running"
     )
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--ack", action="store_true", help="dismiss the state problems reported (an outbox reset), then show the state"
+    )
     status.set_defaults(func=cmd_status)
 
     report = sub.add_parser("report", parents=[common], help="send one report now, or queue it; say which")
@@ -425,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"telemaint: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (StateFileError, IdentityError) as exc:
+        print(f"telemaint: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

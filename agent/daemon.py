@@ -3,7 +3,10 @@
 Jobs (APScheduler, jittered intervals from ``server.intervals``): heartbeat, inventory, health and
 command polling. Every report goes to the :class:`~agent.outbox.Outbox` first; one sender thread
 delivers the outbox in order, backing off exponentially (with jitter, up to 5 minutes) while the
-server is unreachable and resetting on success. A failing job is logged and the daemon goes on.
+server is unreachable, and up to an hour while it answers 429 (the device's daily storage budget
+is used up), resetting on success. A report the server refuses as it is (413, 422) is held back,
+never deleted, so that it cannot block the ones behind it. A failing job is logged and the
+daemon goes on.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pwd
 import random
 import signal
 import socket
+import sqlite3
 import struct
 import sys
 import threading
@@ -29,8 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.defaults import STATE_DIR_ENV
-from agent.identity import Credentials, load_credentials
-from agent.outbox import Outbox, new_report
+from agent.identity import (
+    CREDENTIALS_FILE,
+    PRIVATE_KEY_FILE,
+    Credentials,
+    CredentialsError,
+    check_device_key,
+    load_credentials,
+)
+from agent.outbox import Outbox, Report, acknowledge_state_problems, new_report, read_state_problems
 from agent.reports import heartbeat_document, utc_now_iso
 from agent.runner import run_command
 from agent.uplink import MAX_BATCH_REPORTS, Uplink, UplinkError
@@ -55,7 +66,16 @@ INVENTORY_TIMEOUT_S = 900.0
 HEALTH_TIMEOUT_S = 300.0
 CHILD_OUTPUT_CAP_BYTES = 32 * 1024 * 1024
 HTTP_UNAUTHORIZED = 401
+HTTP_TOO_MANY_REQUESTS = 429
+# The server will never take this batch as it is: too large, or malformed.
+HTTP_REFUSED_AS_IS = (413, 422)
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+HELD_RETRY_S = 24 * 3600.0
+# After a 429 (the device's daily storage budget is used up): 5 minutes, doubling up to an hour.
+OVER_BUDGET_BACKOFF_BASE_S = 300.0
+OVER_BUDGET_BACKOFF_MAX_S = 3600.0
 SETTINGS_PIPE_MAX_BYTES = 60 * 1024  # below the pipe's buffer, so the write cannot block
+NOT_ENROLLED = "not enrolled"
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
@@ -164,28 +184,109 @@ class DeliveryResult:
     remaining: int = 0
     error: str | None = None
     http_status: int | None = None  # the server's answer when it refused the batch
+    held: int = 0  # reports kept in the outbox but not sent: the server refuses them
 
 
-def flush_outbox(outbox: Outbox, uplink: Uplink, stop: threading.Event | None = None) -> DeliveryResult:
+class HeldReports:
+    """Reports the server will never take as they are: answered 413 or 422 when sent alone, or
+    not JSON at all (NaN, Infinity). They stay in the outbox (nothing unacknowledged is deleted)
+    but are not sent again for ``retry_after_s`` (or until the daemon restarts), so that they do
+    not block the reports behind them; the server's limits may have been raised by then."""
+
+    def __init__(self, retry_after_s: float = HELD_RETRY_S):
+        self.retry_after_s = retry_after_s
+        self._until: dict[str, tuple[float, int]] = {}  # report id -> (monotonic deadline, bytes)
+
+    def hold(self, report: Report, reason: str) -> None:
+        """Keep ``report`` back, logging why."""
+        size = len(json.dumps(report.payload, separators=(",", ":")))
+        self._until[report.id] = (time.monotonic() + self.retry_after_s, size)
+        logger.error(
+            "report %s (%s, %d bytes) held back, retried in %.0f h: %s",
+            report.id,
+            report.kind,
+            size,
+            self.retry_after_s / 3600,
+            reason,
+        )
+
+    def holds(self, report_id: str) -> bool:
+        """Return True while ``report_id`` is held back."""
+        entry = self._until.get(report_id)
+        if entry is not None and entry[0] <= time.monotonic():
+            del self._until[report_id]
+            return False
+        return entry is not None
+
+    @property
+    def count(self) -> int:
+        return len(self._until)
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _deadline, size in self._until.values())
+
+
+def _sendable(report: Report) -> bool:
+    try:
+        json.dumps(report.payload, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _next_batch(outbox: Outbox, limit: int, held: HeldReports) -> list[Report]:
+    """Return the oldest reports not held back: at most ``limit`` and about
+    :data:`BATCH_MAX_BYTES` of payload (always at least one when there is one)."""
+    candidates = outbox.peek(limit=limit + held.count, max_bytes=BATCH_MAX_BYTES + held.bytes)
+    batch = [r for r in candidates if not held.holds(r.id)][:limit]
+    if not batch and len(candidates) < outbox.depth()["total"]:
+        # Held reports came first and the next one is larger than a batch: it goes alone.
+        more = outbox.peek(limit=len(candidates) + 1, max_bytes=sys.maxsize)
+        batch = [r for r in more if not held.holds(r.id)][:1]
+    return batch
+
+
+def flush_outbox(
+    outbox: Outbox, uplink: Uplink, stop: threading.Event | None = None, held: HeldReports | None = None
+) -> DeliveryResult:
     """Send queued reports in order, batch by batch, deleting each one the server acknowledges.
 
-    Stops at the first failure and returns what happened (never raises for the server's faults).
+    A batch the server refuses as it is (413 too large, 422 malformed) is sent again in halves;
+    a report refused alone is held back (see :class:`HeldReports`) and the ones behind it go on.
+    Stops at any other failure (unreachable, 429 over budget, 5xx) and returns what happened
+    (never raises for the server's faults); ``held`` carries held reports from call to call.
     """
+    held = held if held is not None else HeldReports()
     result = DeliveryResult()
+    limit = MAX_BATCH_REPORTS
     while not (stop and stop.is_set()):
-        batch = outbox.peek(limit=MAX_BATCH_REPORTS)
+        batch = _next_batch(outbox, limit, held)
         if not batch:
             break
+        unsendable = [r for r in batch if not _sendable(r)]
+        for report in unsendable:
+            held.hold(report, "its payload is not JSON (NaN or Infinity)")
+        if unsendable:
+            continue
         try:
             acked = set(uplink.send_reports([r.as_wire() for r in batch]))
         except UplinkError as exc:
+            if exc.status in HTTP_REFUSED_AS_IS:
+                if len(batch) > 1:
+                    limit = max(1, len(batch) // 2)
+                else:
+                    held.hold(batch[0], str(exc))
+                continue
             result.error, result.http_status = str(exc), exc.status
             break
         result.sent += outbox.ack(r.id for r in batch if r.id in acked)
         if not acked.intersection(r.id for r in batch):
             result.error = "the server acknowledged none of the reports sent"
             break
+        limit = min(MAX_BATCH_REPORTS, limit * 2)
     result.remaining = outbox.depth()["total"]
+    result.held = held.count
     return result
 
 
@@ -198,6 +299,7 @@ class DaemonState:
     server_reachable: bool | None = None
     health_status: str | None = None
     health_at: str | None = None
+    held_reports: int = 0
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -210,10 +312,14 @@ class AgentDaemon:
         prepare_state_dir(self.state_dir)
         self.outbox = Outbox(outbox_path(self.state_dir))
         self.state = DaemonState()
+        self._credentials_problem: str | None = None
+        if key_problem := check_device_key(self.state_dir):
+            logger.error("%s", key_problem)
         self._stop = threading.Event()
         self._wake_sender = threading.Event()
         self._server_back = threading.Event()
         self._send_lock = threading.RLock()
+        self._held = HeldReports()
         self._uplink: Uplink | None = None
         self._uplink_lock = threading.Lock()
 
@@ -387,11 +493,27 @@ class AgentDaemon:
     def _get_uplink(self) -> Uplink | None:
         with self._uplink_lock:
             if self._uplink is None:
-                credentials = load_credentials(self.state_dir)
+                try:
+                    credentials = load_credentials(self.state_dir)
+                except CredentialsError as exc:
+                    self._note_credentials_problem(str(exc))
+                    return None
+                self._note_credentials_problem(None)
                 if credentials is None:
                     return None
                 self._uplink = make_uplink(self.settings, credentials)
             return self._uplink
+
+    def _note_credentials_problem(self, problem: str | None) -> None:
+        """Log a broken ``credentials.json`` once (the daemon reads it again at every poll and
+        runs on, unenrolled, until it is fixed), and log when it is readable again."""
+        if problem == self._credentials_problem:
+            return
+        if problem:
+            logger.error("%s; not sending reports until then", problem)
+        else:
+            logger.info("%s is readable again", self.state_dir / CREDENTIALS_FILE)
+        self._credentials_problem = problem
 
     def _note_contact(self) -> None:
         if self.state.server_reachable is False:
@@ -412,7 +534,8 @@ class AgentDaemon:
 
     def _deliver_now(self, uplink: Uplink) -> DeliveryResult:
         with self._send_lock:
-            result = flush_outbox(self.outbox, uplink, self._stop)
+            result = flush_outbox(self.outbox, uplink, self._stop, self._held)
+        self.state.held_reports = result.held
         if result.error:
             self._note_failure(result.error, result.http_status)
         else:
@@ -423,6 +546,7 @@ class AgentDaemon:
 
     def _sender_loop(self) -> None:
         backoff = Backoff()
+        over_budget = Backoff(base_s=OVER_BUDGET_BACKOFF_BASE_S, max_s=OVER_BUDGET_BACKOFF_MAX_S)
         retry_at: float | None = None
         while not self._stop.is_set():
             self._wake_sender.wait(timeout=None if retry_at is None else max(0.0, retry_at - time.monotonic()))
@@ -442,13 +566,14 @@ class AgentDaemon:
                 logger.exception("sender failed")
                 result = DeliveryResult(error=f"{type(exc).__name__}: {exc}")
             if result.error:
-                delay = backoff.next_delay()
+                delay = (over_budget if result.http_status == HTTP_TOO_MANY_REQUESTS else backoff).next_delay()
                 retry_at = time.monotonic() + delay
                 logger.warning(
                     "delivery failed (%s); %d queued; retrying in %.0fs", result.error, result.remaining, delay
                 )
             else:
                 backoff.reset()
+                over_budget.reset()
                 retry_at = None
 
     # --- control socket ----------------------------------------------------------------------
@@ -468,7 +593,10 @@ class AgentDaemon:
                 return {"ok": False, "error": f"unknown report kind {kind!r}"}
             jobs[kind]()
             uplink = self._get_uplink()
-            return delivery_reply(self.outbox, self._deliver_now(uplink) if uplink else None)
+            result = self._deliver_now(uplink) if uplink else None
+            return delivery_reply(self.outbox, result, self._credentials_problem or NOT_ENROLLED)
+        if action == "ack_state_problems":
+            return {"ok": True, "acknowledged": acknowledge_state_problems(self.state_dir)}
         return {"ok": False, "error": f"unknown action {action!r}"}
 
     def _control_loop(self) -> None:
@@ -517,7 +645,7 @@ def status_document(
 ) -> dict[str, Any]:
     """Return ``telemaint status --json``: from the running daemon's ``state``, or (without one)
     what the state directory tells."""
-    credentials = load_credentials(state_dir)
+    credentials, problems = state_files_status(state_dir)
     state = state or DaemonState(started_at="")
     return {
         "daemon": daemon or {"running": False},
@@ -529,17 +657,38 @@ def status_document(
         "last_sent_at": state.last_sent_at,
         "last_error": state.last_error,
         "outbox": outbox_depth,
+        "held_reports": state.held_reports,
         "health": {"status": state.health_status, "at": state.health_at},
         "jobs": state.jobs,
+        "state_problems": problems,
     }
 
 
-def delivery_reply(outbox: Outbox, result: DeliveryResult | None) -> dict[str, Any]:
+def state_files_status(state_dir: Path) -> tuple[Credentials | None, list[dict[str, Any]]]:
+    """Return the credentials (None when not enrolled or broken) and the state problems:
+    broken identity files (``until: fixed``) and recorded ones such as an outbox reset
+    (``until: acknowledged``, see :func:`agent.outbox.acknowledge_state_problems`)."""
+    problems: list[dict[str, Any]] = []
+    try:
+        credentials = load_credentials(state_dir)
+    except CredentialsError as exc:
+        credentials = None
+        problems.append({"file": CREDENTIALS_FILE, "message": str(exc), "until": "fixed"})
+    if key_problem := check_device_key(state_dir):
+        problems.append({"file": PRIVATE_KEY_FILE, "message": key_problem, "until": "fixed"})
+    problems += [{**problem, "until": "acknowledged"} for problem in read_state_problems(state_dir)]
+    return credentials, problems
+
+
+def delivery_reply(outbox: Outbox, result: DeliveryResult | None, unsent_reason: str = NOT_ENROLLED) -> dict[str, Any]:
     """Return the answer to "send a report now": ``{ok, sent, queued, error}``; ``result`` is
-    None when the device is not enrolled (nothing could be sent)."""
+    None when nothing could be sent, for ``unsent_reason`` (not enrolled, broken credentials)."""
     if result is None:
-        return {"ok": True, "sent": False, "queued": outbox.depth()["total"], "error": "not enrolled"}
-    return {"ok": True, "sent": result.error is None, "queued": result.remaining, "error": result.error}
+        return {"ok": True, "sent": False, "queued": outbox.depth()["total"], "error": unsent_reason}
+    error = result.error or (
+        f"{result.held} report(s) held back: the server refuses them as they are" if result.held else None
+    )
+    return {"ok": True, "sent": error is None, "queued": result.remaining, "error": error}
 
 
 def peer_allowed(conn: socket.socket) -> bool:
@@ -609,7 +758,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="telemaint: %(levelname)s: %(message)s")
     if settings.log_level != "debug":
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    AgentDaemon(settings).run()
+    try:
+        daemon = AgentDaemon(settings)
+    except (OSError, sqlite3.Error) as exc:  # a broken outbox is reset; this is what remains
+        logger.error("cannot open the agent's state in %s: %s", settings.state_dir, exc)
+        return 1
+    daemon.run()
     return 0
 
 

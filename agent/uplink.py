@@ -6,8 +6,10 @@ to a loopback address. Every failure becomes an :class:`UplinkError` with one li
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,16 +21,34 @@ logger = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
 USER_AGENT = f"telemaint-agent/{__version__}"
 MAX_BATCH_REPORTS = 200
+ENROLLMENT_PROOF_CONTEXT = b"telemaint enrollment proof v1"
 
 
 class UplinkError(Exception):
     """The server could not be reached or refused a request. ``retryable`` is False when trying
     again cannot help (bad credentials, a rejected request)."""
 
-    def __init__(self, message: str, retryable: bool = True, status: int | None = None):
+    def __init__(self, message: str, retryable: bool = True, status: int | None = None, body: Any = None):
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.body = body  # the server's JSON answer to a refused request, if it sent one
+
+
+def enrollment_proof_message(challenge: str, serial: str, ssh_public_key: str) -> bytes:
+    """Return the bytes the device key signs to answer an enrollment challenge: one line each of
+    a context, the challenge, the serial and the public key being registered (the format of
+    ``server/api/models.py``, ``enrollment_proof_message``)."""
+    key = " ".join(ssh_public_key.split()[:2])
+    lines = (ENROLLMENT_PROOF_CONTEXT, challenge.encode(), serial.strip().encode(), key.encode())
+    return b"\n".join(lines) + b"\n"
+
+
+def _device_code_hint(device_id: Any) -> str:
+    return (
+        "; if this machine was reinstalled without its state, ask the vendor for a code issued for "
+        f"device {device_id} (telemaint-server enrollment-code --device {device_id})"
+    )
 
 
 def check_server_url(url: str) -> str:
@@ -97,6 +117,7 @@ class Uplink:
                 f"server answered {response.status_code} to {method} {path}: {detail}",
                 retryable=retryable,
                 status=response.status_code,
+                body=_json_or_none(response),
             )
         if not response.content:
             return None
@@ -105,14 +126,59 @@ class Uplink:
         except ValueError:
             raise UplinkError(f"server sent a reply that is not JSON to {method} {path}") from None
 
-    def enroll(self, code: str, device: dict[str, Any], ssh_public_key: str) -> dict[str, Any]:
-        """Enroll with a one-time ``code``; return ``{device_id, token, heartbeat_interval_s}``."""
+    def enroll(
+        self,
+        code: str,
+        device: dict[str, Any],
+        ssh_public_key: str,
+        sign: Callable[[bytes], bytes] | None = None,
+    ) -> dict[str, Any]:
+        """Enroll with a one-time ``code``; return ``{device_id, token, heartbeat_interval_s}``.
+
+        When the serial is enrolled already, the server answers with a challenge; ``sign`` (the
+        device key's signing function) answers it, proving that this is the same machine. Raises
+        UplinkError; a refusal of that proof says which device-bound code to ask the vendor for.
+        """
         known = {key: value for key, value in device.items() if value is not None}
         body = {**known, "code": code, "ssh_public_key": ssh_public_key, "agent_version": __version__}
-        reply = self._request("POST", "/enroll", body)
+        try:
+            reply = self._request("POST", "/enroll", body)
+        except UplinkError as exc:
+            challenge = exc.body.get("challenge") if exc.status == 409 and isinstance(exc.body, dict) else None
+            if not isinstance(challenge, str) or sign is None:
+                raise
+            reply = self._prove_and_enroll(body, challenge, exc, sign)
         if not isinstance(reply, dict) or "device_id" not in reply or "token" not in reply:
             raise UplinkError("the server's enrollment reply lacks device_id or token", retryable=False)
         return reply
+
+    def _prove_and_enroll(
+        self, body: dict[str, Any], challenge: str, asked: UplinkError, sign: Callable[[bytes], bytes]
+    ) -> Any:
+        """Answer the challenge of the 409 ``asked`` with ``sign`` and enroll again; return the reply."""
+        device_id = asked.body.get("device_id")
+        logger.info(
+            "serial %s is enrolled as device %s; answering the challenge with the device key",
+            body.get("serial"),
+            device_id,
+        )
+        try:
+            signature = sign(enrollment_proof_message(challenge, str(body.get("serial", "")), body["ssh_public_key"]))
+        except (OSError, ValueError) as exc:
+            raise UplinkError(
+                f"{asked}; cannot sign with the device key: {exc}{_device_code_hint(device_id)}",
+                retryable=False,
+                status=asked.status,
+            ) from None
+        proof = {"challenge": challenge, "signature": base64.b64encode(signature).decode("ascii")}
+        try:
+            return self._request("POST", "/enroll", {**body, "proof": proof})
+        except UplinkError as exc:
+            if exc.status not in (403, 409):
+                raise
+            raise UplinkError(
+                f"{exc}{_device_code_hint(device_id)}", retryable=False, status=exc.status, body=exc.body
+            ) from None
 
     def send_reports(self, reports: list[dict[str, Any]]) -> list[str]:
         """Post a batch of reports; return the UUIDs the server acknowledged."""
@@ -140,6 +206,13 @@ def _reason(exc: Exception) -> str:
             reason = re.sub(r"^Errno -?\d+\]\s*", "", reason)
             return re.sub(r"\s*\(_ssl\.c:\d+\)?$", "", reason).rstrip(")'\"")
     return text[:200]
+
+
+def _json_or_none(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _detail(response: Any) -> str:

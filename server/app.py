@@ -9,13 +9,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.api.main import API_PREFIX, include_api
-from server.auth import LoginRateLimiter
 from server.clock import Clock, utc_now
 from server.config import ServerSettings
 from server.db import make_engine, make_sessionmaker
-from server.web import include_dashboard
+from server.web import include_dashboard, users_pages
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ def create_app(settings: ServerSettings, *, clock: Clock = utc_now, engine: Engi
     """Return the application for ``settings``; ``clock`` is injectable for tests.
 
     The settings must carry a secret key (see :func:`server.config.read_secret_key`); the
-    database schema must be current (``telemaint-server init``). Raises ValueError without a
-    secret key.
+    database schema must be current (``telemaint-server init``). ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed only from ``settings.trusted_proxies`` (the client is the
+    rightmost forwarded address that is not itself a trusted proxy). Raises ValueError without
+    a secret key.
     """
     if settings.secret_key is None:
         raise ValueError("the settings carry no secret key; run `telemaint-server init`")
@@ -56,11 +58,9 @@ def create_app(settings: ServerSettings, *, clock: Clock = utc_now, engine: Engi
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.clock = clock
-    app.state.login_limiter = LoginRateLimiter(
-        settings.login_max_failures,
-        settings.login_window_s,
-        clock_s=lambda: clock().timestamp(),
-    )
     include_api(app, settings)
     include_dashboard(app)
+    app.include_router(users_pages.router)
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     return app

@@ -1,4 +1,10 @@
-"""Credentials: scrypt password hashes, bearer tokens, signed session cookies, login throttling."""
+"""Credentials: scrypt password hashes, bearer tokens, session tokens, login throttling.
+
+The login limiter keeps its state in the ``login_failures`` table, so it holds across restarts
+and is shared by every server process. It never locks a user out from everywhere: failures are
+counted per (name, address) and per address, which block with 429; failures of one name across
+addresses only slow every answer for that name down, right or wrong.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,14 @@ import base64
 import functools
 import hashlib
 import hmac
-import json
 import secrets
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy.orm import Session
+
+from server.models import NAME_MAX_CHARS, LoginFailure
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -25,11 +32,17 @@ PASSWORD_MAX_CHARS = 1024
 
 DEVICE_TOKEN_PREFIX = "tmd_"  # noqa: S105 (a prefix, not a secret)
 USER_TOKEN_PREFIX = "tmu_"  # noqa: S105
+SESSION_TOKEN_PREFIX = "tms_"  # noqa: S105
 TOKEN_RANDOM_BYTES = 32
 
 SESSION_COOKIE_NAME = "telemaint_session"
 
-_RATE_LIMITER_MAX_KEYS = 100_000
+# The answer for a name with many failures (from any address) waits this long at first,
+# doubling with each further failure up to the cap.
+LOGIN_DELAY_FIRST_S = 0.5
+LOGIN_DELAY_MAX_S = 4.0
+LOGIN_ADDRESS_MAX_CHARS = 64
+UNKNOWN_ADDRESS = "unknown"
 
 
 def _b64(data: bytes) -> str:
@@ -38,6 +51,15 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def password_problem(password: str) -> str | None:
+    """Return why ``password`` cannot be a new password, or None when it can."""
+    if len(password) < PASSWORD_MIN_CHARS:
+        return f"the password must have at least {PASSWORD_MIN_CHARS} characters"
+    if len(password) > PASSWORD_MAX_CHARS or "\x00" in password:
+        return f"the password must be text of at most {PASSWORD_MAX_CHARS} characters"
+    return None
 
 
 def hash_password(password: str) -> str:
@@ -112,115 +134,94 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-def password_fingerprint(password_hash: str) -> str:
-    """Return a short digest of a password hash; a session cookie dies when the password changes."""
-    return hashlib.sha256(password_hash.encode("utf-8")).hexdigest()[:16]
-
-
 @dataclass(frozen=True)
-class SessionClaims:
-    """What a session cookie says: which user, with which password, until when."""
+class LoginVerdict:
+    """What the limiter says before a login is checked.
 
-    user_id: int
-    password_fingerprint: str
-    expires_at_s: int
-
-
-def _cookie_key(secret_key: str) -> bytes:
-    return hmac.new(secret_key.encode("utf-8"), b"telemaint session cookie", "sha256").digest()
-
-
-def sign_session(secret_key: str, claims: SessionClaims) -> str:
-    """Return the cookie value ``PAYLOAD.SIGNATURE`` (HMAC-SHA256) for ``claims``."""
-    payload = _b64(
-        json.dumps(
-            {"u": claims.user_id, "p": claims.password_fingerprint, "e": claims.expires_at_s},
-            separators=(",", ":"),
-        ).encode("utf-8")
-    )
-    signature = _b64(hmac.new(_cookie_key(secret_key), payload.encode("ascii"), "sha256").digest())
-    return f"{payload}.{signature}"
-
-
-def verify_session(secret_key: str, value: str, now_s: float) -> SessionClaims | None:
-    """Return the claims of a cookie value that is authentic and unexpired, else None."""
-    payload, _, signature = value.partition(".")
-    if not payload or not signature:
-        return None
-    expected = _b64(hmac.new(_cookie_key(secret_key), payload.encode("ascii"), "sha256").digest())
-    if not hmac.compare_digest(signature.encode("ascii"), expected.encode("ascii")):
-        return None
-    try:
-        data = json.loads(_unb64(payload))
-        claims = SessionClaims(int(data["u"]), str(data["p"]), int(data["e"]))
-    except (ValueError, KeyError, TypeError):
-        return None
-    return claims if claims.expires_at_s > now_s else None
-
-
-class LoginRateLimiter:
-    """Counts failed logins per user name and per client address, in this process's memory.
-
-    After ``max_failures`` failures within ``window_s`` for a name or an address, further
-    attempts are refused until the oldest failure leaves the window. State is lost on restart
-    and not shared between worker processes (the server runs one).
+    ``retry_after_s`` > 0: refuse with 429 and ``Retry-After``; otherwise answer after
+    ``delay_s`` seconds, whatever the outcome.
     """
 
-    def __init__(
-        self,
-        max_failures: int,
-        window_s: float,
-        clock_s: Callable[[], float] = time.monotonic,
-    ):
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._clock_s = clock_s
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
+    retry_after_s: int
+    delay_s: float
 
-    @staticmethod
-    def _keys(name: str, address: str | None) -> list[tuple[str, str]]:
-        keys = [("name", name.strip().lower())]
-        if address:
-            keys.append(("address", address))
-        return keys
 
-    def _prune(self, key: tuple[str, str], now_s: float) -> deque[float] | None:
-        times = self._failures.get(key)
-        if times is None:
-            return None
-        while times and times[0] <= now_s - self.window_s:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return None
-        return times
+def _limiter_name(name: str) -> str:
+    return name.strip().lower()[:NAME_MAX_CHARS]
 
-    def retry_after_s(self, name: str, address: str | None) -> int:
-        """Return 0 when a login attempt may proceed, else the seconds until it may."""
-        now_s = self._clock_s()
-        wait_s = 0.0
-        with self._lock:
-            for key in self._keys(name, address):
-                times = self._prune(key, now_s)
-                if times is not None and len(times) >= self.max_failures:
-                    wait_s = max(wait_s, times[0] + self.window_s - now_s)
-        return max(1, int(wait_s + 0.999)) if wait_s > 0 else 0
 
-    def record_failure(self, name: str, address: str | None) -> None:
-        """Count one failed attempt against the name and the address."""
-        now_s = self._clock_s()
-        with self._lock:
-            if len(self._failures) >= _RATE_LIMITER_MAX_KEYS:
-                for key in list(self._failures):
-                    self._prune(key, now_s)
-            for key in self._keys(name, address):
-                times = self._failures.setdefault(key, deque())
-                times.append(now_s)
-                while len(times) > self.max_failures:
-                    times.popleft()
+def _limiter_address(address: str | None) -> str:
+    return (address or UNKNOWN_ADDRESS)[:LOGIN_ADDRESS_MAX_CHARS]
 
-    def record_success(self, name: str) -> None:
-        """Forget the failures of ``name`` (the address keeps its count)."""
-        with self._lock:
-            self._failures.pop(("name", name.strip().lower()), None)
+
+def login_delay_s(name_failures: int, max_failures: int) -> float:
+    """Return how long to hold the answer for a name with ``name_failures`` recent failures.
+
+    Nothing below ``max_failures``; then :data:`LOGIN_DELAY_FIRST_S`, doubling per further
+    failure, at most :data:`LOGIN_DELAY_MAX_S`.
+    """
+    if name_failures < max_failures:
+        return 0.0
+    return min(LOGIN_DELAY_MAX_S, LOGIN_DELAY_FIRST_S * 2 ** min(name_failures - max_failures, 16))
+
+
+def _blocked_until(
+    session: Session, where: list[ColumnElement[bool]], max_failures: int, since: datetime
+) -> datetime | None:
+    """Return when the ``max_failures``-th newest failure matching ``where`` leaves the window."""
+    query = (
+        select(LoginFailure.at)
+        .where(*where, LoginFailure.at > since)
+        .order_by(LoginFailure.at.desc())
+        .offset(max_failures - 1)
+        .limit(1)
+    )
+    return session.scalar(query)
+
+
+def check_login_limits(
+    session: Session,
+    *,
+    name: str,
+    address: str | None,
+    now: datetime,
+    window_s: float,
+    max_failures: int,
+    address_max_failures: int,
+) -> LoginVerdict:
+    """Return the limiter's verdict for a login of ``name`` from ``address`` at ``now``.
+
+    Blocks when ``max_failures`` failures of this name from this address, or
+    ``address_max_failures`` failures of any names from this address, fall within the window.
+    """
+    window = timedelta(seconds=window_s)
+    since = now - window
+    key_name, key_address = _limiter_name(name), _limiter_address(address)
+    blocked = [
+        _blocked_until(
+            session, [LoginFailure.name == key_name, LoginFailure.address == key_address], max_failures, since
+        ),
+        _blocked_until(session, [LoginFailure.address == key_address], address_max_failures, since),
+    ]
+    until = max((moment + window for moment in blocked if moment is not None), default=None)
+    if until is not None and until > now:
+        return LoginVerdict(retry_after_s=max(1, int((until - now).total_seconds() + 0.999)), delay_s=0.0)
+    name_failures = session.scalar(
+        select(func.count()).select_from(LoginFailure).where(LoginFailure.name == key_name, LoginFailure.at > since)
+    )
+    return LoginVerdict(retry_after_s=0, delay_s=login_delay_s(name_failures or 0, max_failures))
+
+
+def record_login_failure(session: Session, *, name: str, address: str | None, now: datetime, window_s: float) -> None:
+    """Add one failed login to ``session`` and delete failures older than the window (the caller commits)."""
+    session.execute(delete(LoginFailure).where(LoginFailure.at <= now - timedelta(seconds=window_s)))
+    session.add(LoginFailure(name=_limiter_name(name), address=_limiter_address(address), at=now))
+
+
+def clear_login_failures(session: Session, *, name: str, address: str | None) -> None:
+    """Forget the failures of ``name`` from ``address`` (the caller commits); others stay."""
+    session.execute(
+        delete(LoginFailure).where(
+            LoginFailure.name == _limiter_name(name), LoginFailure.address == _limiter_address(address)
+        )
+    )

@@ -7,6 +7,7 @@ data directory (0600) unless one is given.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -23,6 +24,10 @@ SECRET_KEY_FILE_NAME = "secret_key"  # noqa: S105 (a file name)
 SECRET_KEY_MIN_CHARS = 32
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "changethis", "change-me", "secret", "password", "please-change-me"})
 MiB = 1024 * 1024
+# A device at the default intervals stores at most about 6 MiB a day (heartbeats 0.2, health
+# reports 1.5, four inventories with their log tails 4); 256 MiB also takes a full agent outbox
+# (64 MiB) coming back after days offline, with a wide margin.
+DEVICE_DAILY_BYTES_DEFAULT = 256 * MiB
 
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -39,10 +44,15 @@ _ENV_FIELDS = {
     "MAX_AGENT_BODY_BYTES": "max_agent_body_bytes",
     "LOGIN_MAX_FAILURES": "login_max_failures",
     "LOGIN_WINDOW": "login_window_s",
+    "LOGIN_ADDRESS_MAX_FAILURES": "login_address_max_failures",
+    "TRUSTED_PROXIES": "trusted_proxies",
     "REPORT_INTERVAL": "report_interval_s",
+    "DEVICE_DAILY_BYTES": "device_daily_bytes",
 }
 
-_FLAG_NAMES = {"db_url": "db"}
+_FLAG_NAMES = {"db_url": "db", "trusted_proxies": "trusted_proxy"}
+# Failures of any names from one address that block it, as a multiple of ``login_max_failures``.
+LOGIN_ADDRESS_FAILURES_FACTOR = 4
 
 
 class SettingsError(Exception):
@@ -93,7 +103,16 @@ class ServerSettings(BaseModel):
     max_agent_body_bytes: int = Field(default=8 * MiB, gt=0)
     login_max_failures: int = Field(default=5, ge=1)
     login_window_s: float = Field(default=300, gt=0)
+    login_address_max_failures: int | None = Field(
+        default=None, ge=1, description=f"default {LOGIN_ADDRESS_FAILURES_FACTOR} x login_max_failures"
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        default=(), description="addresses or networks whose X-Forwarded-For/-Proto are believed"
+    )
     report_interval_s: int = Field(default=60, ge=5, le=86400)
+    device_daily_bytes: int = Field(
+        default=DEVICE_DAILY_BYTES_DEFAULT, gt=0, description="report payload bytes one device may store per UTC day"
+    )
 
     @field_validator("session_lifetime_s", "login_window_s", mode="before")
     @classmethod
@@ -104,6 +123,18 @@ class ServerSettings(BaseModel):
     @classmethod
     def _interval(cls, value: Any) -> int:
         return round(parse_duration_s(value))
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> tuple[str, ...]:
+        items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+        networks = []
+        for item in items:
+            try:
+                networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/8)") from None
+        return tuple(networks)
 
     @field_validator("db_url")
     @classmethod
@@ -145,6 +176,11 @@ class ServerSettings(BaseModel):
     def secret_key_path(self) -> Path:
         """Where ``init`` keeps the generated cookie secret."""
         return self.data_dir / SECRET_KEY_FILE_NAME
+
+    @property
+    def address_max_failures(self) -> int:
+        """Failed logins of any names from one address, within the window, that block the address."""
+        return self.login_address_max_failures or LOGIN_ADDRESS_FAILURES_FACTOR * self.login_max_failures
 
     @property
     def is_https(self) -> bool:

@@ -306,22 +306,34 @@ class VersionsCollector(Collector):
 
 def _read_package_state(path: Path, manager: str, notes: list[str]) -> dict[str, Any] | None:
     """Return the stored ``{recorded_at, digest, packages: [(name, version)]}`` for ``manager``,
-    or None when there is none (or it cannot be used, which ``notes`` then says)."""
+    or None when there is none (or it cannot be used, which ``notes`` and a warning then say: a
+    broken file counts as no previous list, and the caller writes a good one)."""
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = json.loads(path.read_bytes())
+        if not isinstance(stored, dict):
+            raise ValueError("not a JSON object")
         if stored.get("manager") != manager:
             return None
+        packages = stored["packages"]
+        if not isinstance(packages, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, str) for v in p) for p in packages
+        ):
+            raise ValueError("packages is not a list of [name, version] pairs")
+        if not isinstance(stored["recorded_at"], str) or not isinstance(stored["digest"], str):
+            raise ValueError("recorded_at and digest must be strings")
         return {
-            "recorded_at": str(stored["recorded_at"]),
-            "digest": str(stored["digest"]),
-            "packages": [(str(name), str(version)) for name, version in stored["packages"]],
+            "recorded_at": stored["recorded_at"],
+            "digest": stored["digest"],
+            "packages": [(name, version) for name, version in packages],
         }
     except FileNotFoundError:
         return None
     except OSError as exc:
         notes.append(f"package changes not tracked: cannot read {path}: {exc.strerror or exc}")
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        notes.append(f"stored package list {path} is unusable ({exc!r}); starting afresh")
+    except (ValueError, KeyError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        logger.warning("stored package list %s is broken (%s); starting a new one", path, what)
+        notes.append(f"stored package list {path} is unusable ({what}); started a new one")
     return None
 
 

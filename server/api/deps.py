@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -11,16 +12,10 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.auth import (
-    DEVICE_TOKEN_PREFIX,
-    SESSION_COOKIE_NAME,
-    USER_TOKEN_PREFIX,
-    hash_token,
-    password_fingerprint,
-    verify_session,
-)
+from server.auth import DEVICE_TOKEN_PREFIX, SESSION_COOKIE_NAME, USER_TOKEN_PREFIX, hash_token
 from server.config import ServerSettings
 from server.models import ApiToken, Device, User
+from server.users import session_of_token
 
 MAX_ROW_ID = 2**31 - 1
 API_TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
@@ -80,22 +75,26 @@ def get_current_device(
     return device
 
 
-def get_current_user(
-    session: SessionDep,
-    now: NowDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(user_bearer)],
-    cookie: Annotated[str | None, Depends(session_cookie)],
-) -> User:
-    """Return the user of the API token or session cookie; raise 401 otherwise."""
-    if credentials is not None:
-        token = credentials.credentials
+@dataclass(frozen=True)
+class Login:
+    """Who is asking and how: ``session_id`` is the session row of a cookie, None for an API token."""
+
+    user: User
+    session_id: int | None
+
+
+def authenticate_user(session: Session, now: datetime, token: str | None, cookie: str | None) -> Login:
+    """Return the login of an API token (preferred) or a session cookie; raise 401 otherwise.
+
+    A disabled user's token and sessions are refused (they are deleted on disabling anyway).
+    """
+    if token is not None:
         if not token.startswith(USER_TOKEN_PREFIX):
             raise unauthorized("not a user API token (tmu_...)")
         row = session.execute(
             select(ApiToken, User)
             .join(User, User.id == ApiToken.user_id)
-            .where(ApiToken.token_hash == hash_token(token))
+            .where(ApiToken.token_hash == hash_token(token), User.disabled_at.is_(None))
         ).first()
         if row is None:
             raise unauthorized("unknown or revoked API token")
@@ -103,16 +102,32 @@ def get_current_user(
         if api_token.last_used_at is None or now - api_token.last_used_at > API_TOKEN_TOUCH_INTERVAL:
             api_token.last_used_at = now
             session.commit()
-        return user
+        return Login(user=user, session_id=None)
     if cookie:
-        assert settings.secret_key is not None
-        claims = verify_session(settings.secret_key.get_secret_value(), cookie, now.timestamp())
-        if claims is not None:
-            user = session.get(User, claims.user_id)
-            if user is not None and password_fingerprint(user.password_hash) == (claims.password_fingerprint):
-                return user
-        raise unauthorized("session expired; log in again")
+        found = session_of_token(session, cookie, now)
+        if found is None:
+            raise unauthorized("session expired or ended; log in again")
+        user_session, user = found
+        return Login(user=user, session_id=user_session.id)
     raise unauthorized("log in or send a user API token (Authorization: Bearer tmu_...)")
+
+
+def get_current_login(
+    session: SessionDep,
+    now: NowDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(user_bearer)],
+    cookie: Annotated[str | None, Depends(session_cookie)],
+) -> Login:
+    """Return who the API token or session cookie belongs to; raise 401 otherwise."""
+    return authenticate_user(session, now, credentials.credentials if credentials else None, cookie)
+
+
+CurrentLogin = Annotated[Login, Depends(get_current_login)]
+
+
+def get_current_user(login: CurrentLogin) -> User:
+    """Return the user of the API token or session cookie; raise 401 otherwise."""
+    return login.user
 
 
 CurrentDevice = Annotated[Device, Depends(get_current_device)]

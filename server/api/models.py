@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import struct
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,7 +26,9 @@ from pydantic import (
     field_validator,
 )
 
+from server.auth import password_problem
 from server.clock import as_utc
+from server.names import check_name
 
 MAX_REPORTS_PER_BATCH = 500
 MAX_MESSAGE_CHARS = 64 * 1024
@@ -57,7 +60,10 @@ def _encodable(value: str) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return as_utc(value)
+    try:
+        return as_utc(value)
+    except OverflowError:
+        raise ValueError("not a representable time: outside the years 1 to 9999 in UTC") from None
 
 
 _LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
@@ -78,7 +84,7 @@ def _repair_strings(node: Any) -> Any:
 
 
 def _clean_json(value: dict[str, Any]) -> dict[str, Any]:
-    """Refuse nesting deeper than JSON_MAX_DEPTH; replace lone surrogates (from undecodable
+    """Refuse nesting deeper than JSON_MAX_DEPTH and NaN or Infinity; replace lone surrogates (from undecodable
     bytes on the agent) with U+FFFD so that the stored payload can always be served again."""
     needs_repair = False
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -92,6 +98,8 @@ def _clean_json(value: dict[str, Any]) -> dict[str, Any]:
                 stack.extend((key, depth) for key in node)
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("NaN and Infinity are not JSON numbers")
         elif isinstance(node, str) and not needs_repair and not node.isascii():
             try:
                 node.encode("utf-8")
@@ -100,16 +108,24 @@ def _clean_json(value: dict[str, Any]) -> dict[str, Any]:
     return _repair_strings(value) if needs_repair else value
 
 
+# Names shown to support: no control, bidirectional or invisible characters (server.names).
 Label = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_printable),
+    AfterValidator(check_name),
 ]
-OptionalLabel = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_printable)]
+OptionalLabel = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=200),
+    AfterValidator(_printable),
+    AfterValidator(check_name),
+]
 Serial = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
     AfterValidator(_printable),
+    AfterValidator(check_name),
 ]
 AgentVersion = Annotated[
     str,
@@ -155,16 +171,84 @@ def parse_ssh_ed25519_public_key(text: str) -> str:
 # ---------------------------------------------------------------- enrollment
 
 
+#
+# A serial that is not enrolled yet enrolls with a valid code alone. A serial that is enrolled
+# needs more: a code an admin issued for that device (``enrollment-code --device ID``), or proof
+# that the machine holds the device's current Ed25519 key. Without ``proof`` the server answers
+# 409 with an :class:`EnrollChallengeOut` (the code stays unused); the machine signs
+# :func:`enrollment_proof_message` of that challenge, its serial and the key it registers with
+# its current private key, and sends the same body again with ``proof``. A challenge expires in
+# minutes and dies when the device enrolls again; a code is used once, so a replayed request
+# gets no token. Every other refusal is a 403 or 409 whose ``detail`` says why.
+
+ENROLLMENT_PROOF_CONTEXT = b"telemaint enrollment proof v1"
+ENROLLMENT_CHALLENGE_MAX_CHARS = 512
+ED25519_SIGNATURE_BYTES = 64
+
+
+def _shown_name(value: str) -> str:
+    return check_name(_printable(value))
+
+
+ShownName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_shown_name),
+]
+OptionalShownName = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_shown_name)
+]
+
+
+def enrollment_proof_message(challenge: str, serial: str, ssh_public_key: str) -> bytes:
+    """Return the bytes a machine signs to prove it holds its device's current key.
+
+    One line each, UTF-8, in this order: :data:`ENROLLMENT_PROOF_CONTEXT`, the challenge as
+    the server sent it, the serial (surrounding whitespace stripped) and the public key being
+    registered as ``ssh-ed25519 BASE64`` (no comment).
+    """
+    key = " ".join(ssh_public_key.split()[:2])
+    lines = (ENROLLMENT_PROOF_CONTEXT, challenge.encode(), serial.strip().encode(), key.encode())
+    return b"\n".join(lines) + b"\n"
+
+
+class EnrollProofIn(WireModel):
+    """The answer to a challenge: an Ed25519 signature (standard base64) of
+    :func:`enrollment_proof_message`, made with the device's current private key."""
+
+    challenge: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=ENROLLMENT_CHALLENGE_MAX_CHARS, pattern=r"^[A-Za-z0-9_.-]+$"),
+    ]
+    signature: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+    @field_validator("signature")
+    @classmethod
+    def _signature(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the signature is not valid base64") from None
+        if len(raw) != ED25519_SIGNATURE_BYTES:
+            raise ValueError(f"an Ed25519 signature has {ED25519_SIGNATURE_BYTES} bytes")
+        return value
+
+
 class EnrollIn(WireModel):
-    """``POST /enroll``: a machine presents a one-time code and its identity."""
+    """``POST /enroll``: a machine presents a one-time code and its identity.
+
+    ``customer`` is what the machine says; it never assigns the device (the code's customer
+    does, or an admin later) and is kept as the device's claimed customer.
+    """
 
     code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-    name: Label
+    name: ShownName
     serial: Serial
-    model: OptionalLabel = ""
-    customer: Label | None = None
+    model: OptionalShownName = ""
+    customer: ShownName | None = None
     ssh_public_key: Annotated[str, StringConstraints(max_length=16 * 1024)]
     agent_version: AgentVersion
+    proof: EnrollProofIn | None = None
 
     @field_validator("ssh_public_key")
     @classmethod
@@ -180,15 +264,53 @@ class EnrollOut(BaseModel):
     heartbeat_interval_s: int
 
 
+class EnrollRefusedOut(BaseModel):
+    """A refused enrollment: ``detail`` says why in one line."""
+
+    detail: str
+
+
+class EnrollChallengeOut(BaseModel):
+    """409 to ``POST /enroll`` of an enrolled serial without proof: sign ``challenge``."""
+
+    detail: str
+    device_id: int
+    challenge: str
+    expires_at: datetime
+
+
+class DeviceCustomerIn(WireModel):
+    """``PUT /devices/{id}/customer``: assign the device to a customer (created when new), or
+    ``null`` to leave it unassigned."""
+
+    customer: ShownName | None
+
+
 # ---------------------------------------------------------------- reports
 
 
+REPORT_TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _report_time(value: datetime) -> datetime:
+    if _utc(value) < REPORT_TIME_MIN:
+        raise ValueError("a report cannot be older than 1970-01-01T00:00:00Z")
+    return _utc(value)
+
+
+ReportTime = Annotated[datetime, AfterValidator(_report_time)]
+
+
 class ReportIn(WireModel):
-    """One report from the agent's outbox; ``id`` makes a resend harmless."""
+    """One report from the agent's outbox; ``id`` makes a resend harmless (per device).
+
+    ``created_at`` is the agent's clock: the server stores and orders by it, but never later
+    than the time it received the report (a clock ahead cannot make a report look newer).
+    """
 
     id: uuid.UUID
     kind: ReportKind
-    created_at: UtcDatetime
+    created_at: ReportTime
     payload: JsonObject
 
 
@@ -262,18 +384,49 @@ class HealthPayload(BaseModel):
     checks: list[HealthCheckResult] = Field(default_factory=list)
 
 
-class ReportOut(BaseModel):
-    """A stored report as support tools see it."""
+class ReportSummary(BaseModel):
+    """A stored report without its payload: ``size`` is the payload's bytes as JSON;
+    ``created_at`` is the agent's time, never later than ``received_at``."""
 
     id: uuid.UUID
     kind: ReportKind
     created_at: datetime
     received_at: datetime
+    size: int
+
+
+class ReportOut(ReportSummary):
+    """One stored report with its payload, as support tools see it."""
+
     payload: dict[str, Any]
 
 
 class ReportListOut(BaseModel):
-    reports: list[ReportOut]
+    """A page of reports, newest first; ``next_offset`` asks for the next page (None: no more)."""
+
+    reports: list[ReportSummary]
+    next_offset: int | None
+
+
+class DeviceUsageDay(BaseModel):
+    """What a device stored on one UTC day (``YYYY-MM-DD``), and what was refused over its budget."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    day: str
+    bytes: int
+    reports: int
+    refused_bytes: int
+    refused_reports: int
+    first_refused_at: datetime | None
+
+
+class DeviceUsageOut(BaseModel):
+    """A device's daily storage budget and its usage on the last days, newest first (days
+    without reports are left out)."""
+
+    daily_budget_bytes: int
+    days: list[DeviceUsageDay]
 
 
 # ---------------------------------------------------------------- commands
@@ -367,9 +520,13 @@ class VersionChangeOut(BaseModel):
 
 
 class DeviceDetail(DevicePublic):
-    """One device: identity, latest inventory and health, current versions and their history."""
+    """One device: identity, latest inventory and health, current versions and their history.
+
+    ``claimed_customer`` is what the machine said at enrollment; only ``customer`` counts.
+    """
 
     ssh_public_key: str
+    claimed_customer: str | None
     inventory: dict[str, Any] | None
     inventory_at: datetime | None
     health: dict[str, Any] | None
@@ -393,6 +550,58 @@ class UserPublic(BaseModel):
     name: str
     role: UserRole
     customer: str | None
+
+
+def _new_password(value: str) -> str:
+    problem = password_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return _encodable(value)
+
+
+NewPassword = Annotated[str, AfterValidator(_new_password)]
+
+
+class UserDetail(UserPublic):
+    """A user as admins see it: enabled or not, and how many live sessions and API tokens."""
+
+    created_at: datetime
+    disabled_at: datetime | None
+    sessions: int
+    tokens: int
+
+
+class UserListOut(BaseModel):
+    users: list[UserDetail]
+
+
+class PasswordIn(WireModel):
+    """``PUT /users/{id}/password``: an admin sets another user's password."""
+
+    password: NewPassword
+
+
+class PasswordChangeIn(WireModel):
+    """``PUT /users/me/password``: the user changes their own password, giving the current one."""
+
+    current_password: Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_encodable)]
+    new_password: NewPassword
+
+
+class UserSessionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    expires_at: datetime
+    last_seen_at: datetime
+    address: str | None
+    user_agent: str | None
+    current: bool = False
+
+
+class UserSessionListOut(BaseModel):
+    sessions: list[UserSessionPublic]
 
 
 class ApiTokenIn(WireModel):

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from server.api.models import CommandOut, ReportOut, VersionChangeOut
-from server.ingest import COMPONENT_KEY_PREFIX
+from server.api.models import CommandOut, DeviceUsageOut, VersionChangeOut
+from server.clock import as_utc
+from server.ingest import COMPONENT_KEY_PREFIX, usage_day
 from server.models import HEALTH_STATUSES
+from server.web.queries import HealthSample
 
 JOURNAL_ERROR_PRIORITY_MAX = 3  # err and worse (0 emerg .. 7 debug)
 LOG_LINES_SHOWN_MAX = 50
@@ -368,31 +370,48 @@ def _check(check: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def health_now(health: dict[str, Any] | None) -> dict[str, Any] | None:
+def _not_after(text: str | None, limit: datetime | None) -> str | datetime | None:
+    """Return ``text`` (a time the agent wrote), or ``limit`` when it says a later time."""
+    if text is None or limit is None:
+        return text
+    try:
+        moment = as_utc(datetime.fromisoformat(text))
+    except (ValueError, OverflowError):
+        return text
+    return limit if moment > limit else text
+
+
+def health_now(health: dict[str, Any] | None, health_at: datetime | None = None) -> dict[str, Any] | None:
     """Return the latest health report as ``{status, generated_at, checks: [{name, type, status,
-    message, value, unit, duration_ms}]}``, the worst checks first; None without a report."""
+    message, value, unit, duration_ms}]}``, the worst checks first; None without a report.
+
+    ``generated_at`` is the agent's, but never later than ``health_at`` (when the server
+    stored the report as received): a clock running ahead does not show as a future check.
+    """
     if not isinstance(health, dict):
         return None
     checks = [_check(c) for c in _dicts(health.get("checks"))]
     checks.sort(key=lambda c: -HEALTH_STATUSES.index(c["status"]))
     return {
         "status": health_status(health.get("status")),
-        "generated_at": _text(health.get("generated_at")),
+        "generated_at": _not_after(_text(health.get("generated_at")), health_at),
         "checks": checks,
     }
 
 
-def health_history(reports: Sequence[ReportOut]) -> dict[str, Any]:
+def health_history(samples: Sequence[HealthSample]) -> dict[str, Any]:
     """Return the statuses of each check over the given health reports (newest first):
-    ``{times: [datetime], overall: [status], rows: [{name, statuses: [status | None]}]}``.
+    ``{times: [datetime], overall: [status | None], rows: [{name, statuses: [status | None]}],
+    unloaded: int}``.
 
     A check absent from a report has None in that column; rows follow the newest report's order.
+    A report too large to load (``payload`` None) has None everywhere and counts in ``unloaded``.
     """
-    times = [r.created_at for r in reports]
-    overall = [health_status(_dict(r.payload).get("status")) for r in reports]
+    times = [s.created_at for s in samples]
+    overall = [None if s.payload is None else health_status(_dict(s.payload).get("status")) for s in samples]
     per_report = [
-        {(_text(c.get("name")) or "?"): health_status(c.get("status")) for c in _dicts(r.payload.get("checks"))}
-        for r in reports
+        {(_text(c.get("name")) or "?"): health_status(c.get("status")) for c in _dicts(_dict(s.payload).get("checks"))}
+        for s in samples
     ]
     names: list[str] = []
     for statuses in per_report:
@@ -401,6 +420,24 @@ def health_history(reports: Sequence[ReportOut]) -> dict[str, Any]:
         "times": times,
         "overall": overall,
         "rows": [{"name": name, "statuses": [statuses.get(name) for statuses in per_report]} for name in names],
+        "unloaded": sum(1 for s in samples if s.payload is None),
+    }
+
+
+def storage_usage(usage: DeviceUsageOut, now: datetime) -> dict[str, Any]:
+    """Return today's (UTC) storage of the device against its budget: ``{budget_bytes, bytes,
+    reports, percent, refused_bytes, refused_reports, first_refused_at}`` (zeros on a day
+    without reports)."""
+    today = next((d for d in usage.days if d.day == usage_day(now)), None)
+    used = today.bytes if today else 0
+    return {
+        "budget_bytes": usage.daily_budget_bytes,
+        "bytes": used,
+        "reports": today.reports if today else 0,
+        "percent": round(100 * used / usage.daily_budget_bytes, 1),
+        "refused_bytes": today.refused_bytes if today else 0,
+        "refused_reports": today.refused_reports if today else 0,
+        "first_refused_at": today.first_refused_at if today else None,
     }
 
 

@@ -27,11 +27,11 @@ from server.api.deps import (
     NowDep,
     SessionDep,
     SettingsDep,
-    get_current_user,
+    authenticate_user,
     get_visible_device,
     require_admin,
 )
-from server.api.models import CommandIn, DeviceStatus, LoginIn
+from server.api.models import CommandIn, DeviceCustomerIn, DeviceStatus, LoginIn
 from server.api.routes import audit as audit_api
 from server.api.routes import devices as devices_api
 from server.api.routes import login as login_api
@@ -40,7 +40,7 @@ from server.clock import as_utc
 from server.config import ServerSettings
 from server.models import COMMAND_KINDS, HEALTH_STATUSES, Device, User
 from server.web import TEMPLATES_DIR, csrf, device_page
-from server.web.queries import customer_names
+from server.web.queries import customer_names, health_samples
 
 log = logging.getLogger(__name__)
 
@@ -219,16 +219,13 @@ def _copy_cookies(source: Response, target: Response) -> None:
     target.raw_headers.extend((k, v) for k, v in source.raw_headers if k == b"set-cookie")
 
 
-def get_web_user(request: Request, session: SessionDep, now: NowDep, settings: SettingsDep) -> User:
-    """Return the user of the session cookie; without a valid one, redirect (303) to the login."""
+def get_web_user(request: Request, session: SessionDep, now: NowDep) -> User:
+    """Return the user of the session cookie; without a live one, redirect (303) to the login.
+
+    An ended session (logout, password change, disabled user) redirects on the next click.
+    """
     try:
-        return get_current_user(
-            session=session,
-            now=now,
-            settings=settings,
-            credentials=None,
-            cookie=request.cookies.get(SESSION_COOKIE_NAME),
-        )
+        return authenticate_user(session, now, None, request.cookies.get(SESSION_COOKIE_NAME)).user
     except HTTPException:
         raise HTTPException(
             status.HTTP_303_SEE_OTHER, detail="log in first", headers={"Location": _login_url(request)}
@@ -328,7 +325,7 @@ def login_page(
     """The login form; a user already logged in goes on to the page asked for."""
     if request.cookies.get(SESSION_COOKIE_NAME):
         try:
-            get_web_user(request=request, session=session, now=now, settings=settings)
+            get_web_user(request=request, session=session, now=now)
             return RedirectResponse(safe_next(next_path), status.HTTP_303_SEE_OTHER)
         except HTTPException:
             pass
@@ -336,7 +333,7 @@ def login_page(
 
 
 @router.post("/login")
-def login_submit(
+async def login_submit(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
@@ -371,7 +368,7 @@ def login_submit(
         )
     cookie_holder = Response()
     try:
-        login_api.login(
+        await login_api.login(
             credentials=credentials,
             request=request,
             response=cookie_holder,
@@ -402,15 +399,18 @@ def logout_submit(
     user: WebUser,
     session: SessionDep,
     settings: SettingsDep,
+    now: NowDep,
+    address: ClientAddress,
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
-    """Drop the session cookie and show the login form."""
+    """End the session (on the server too) and show the login form."""
     if _csrf_refused(request, settings, csrf_token):
         return _error_page(
             request, 403, "The form had expired; reload the page.", _user_context(request, session, settings, user)
         )
     redirect = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
-    _copy_cookies(login_api.logout(request, settings), redirect)
+    ended = login_api.logout(request, session, settings, now, address, cookie=request.cookies.get(SESSION_COOKIE_NAME))
+    _copy_cookies(ended, redirect)
     return redirect
 
 
@@ -484,9 +484,8 @@ def device_view(
     if device is None:
         return _error_page(request, 404, "There is no such device, or it is not yours to see.", user_context)
     detail = devices_api.get_device(device=device, session=session, now=now)
-    health_reports = devices_api.list_reports(
-        device=device, session=session, kind="health", limit=HEALTH_HISTORY_REPORTS
-    ).reports
+    health_reports = health_samples(session, device.id, HEALTH_HISTORY_REPORTS)
+    usage = devices_api.device_usage(device=device, session=session, settings=settings)
     commands = devices_api.list_commands(device=device, session=session, limit=COMMANDS_SHOWN).commands
     pending = any(c.status in PENDING_COMMAND_STATUSES for c in commands)
     context = {
@@ -496,11 +495,15 @@ def device_view(
         "network": device_page.network_sheet(detail.inventory),
         "versions": device_page.versions_sheet(detail.inventory, detail.versions, detail.version_history),
         "logs": device_page.log_errors(detail.inventory),
-        "health": device_page.health_now(detail.health),
+        "health": device_page.health_now(detail.health, detail.health_at),
         "health_history": device_page.health_history(health_reports),
+        "storage": device_page.storage_usage(usage, now),
         "commands": [(c, device_page.command_result(c)) for c in commands],
         "command_kinds": COMMAND_KINDS,
         "may_command": user.role in ("admin", "support"),
+        "may_assign": user.role == "admin",
+        "claimed_customer": detail.claimed_customer,
+        "customers": customer_names(session) if user.role == "admin" else [],
         "pending": pending,
         "refresh_s": PENDING_COMMAND_REFRESH_S if pending else None,
         "now": now,
@@ -541,6 +544,43 @@ def device_command(
     except HTTPException as exc:
         return _error_page(request, exc.status_code, f"{str(exc.detail).capitalize()}.", user_context)
     return RedirectResponse(f"/devices/{device.id}#commands", status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/devices/{device_id}/customer")
+def device_assign(
+    request: Request,
+    device_id: str,
+    user: WebUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    address: ClientAddress,
+    customer: Annotated[str, Form()] = "",
+    unassign: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    """Assign the device to a customer, or unassign it, through the API (admins only), then show it."""
+    user_context = _user_context(request, session, settings, user)
+    if _csrf_refused(request, settings, csrf_token):
+        return _error_page(request, 403, "The form had expired; reload the page and try again.", user_context)
+    device = _visible_device(device_id, session, user)
+    if device is None:
+        return _error_page(request, 404, "There is no such device, or it is not yours to see.", user_context)
+    try:
+        require_admin(user)
+        body = DeviceCustomerIn(customer=None if unassign else customer)
+    except HTTPException:
+        return _error_page(request, 403, "Only admins assign devices to customers.", user_context)
+    except ValidationError as exc:
+        reason = exc.errors()[0].get("msg", "not a customer name").removeprefix("Value error, ")
+        return _error_page(request, 400, f"Customer name: {reason}.", user_context)
+    try:
+        devices_api.assign_customer(
+            body=body, device_id=device.id, admin=user, session=session, now=now, address=address
+        )
+    except HTTPException as exc:
+        return _error_page(request, exc.status_code, f"{str(exc.detail).capitalize()}.", user_context)
+    return RedirectResponse(f"/devices/{device.id}#identity", status.HTTP_303_SEE_OTHER)
 
 
 # ---------------------------------------------------------------- audit

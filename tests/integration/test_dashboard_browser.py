@@ -85,7 +85,7 @@ def test_support_finds_the_device_sees_it_and_runs_checks(server: ServerProcess,
     from playwright.sync_api import sync_playwright
 
     server.cli("user", "add", "ada", "--role", "admin", stdin=ADMIN_PASSWORD + "\n")
-    code = json.loads(server.cli("enrollment-code", "--json"))["code"]
+    code = json.loads(server.cli("enrollment-code", "--customer", "ACME Automotive", "--json"))["code"]
 
     camera_version = tmp_path / "camera.version"
     camera_version.write_text("2.3.1\n")

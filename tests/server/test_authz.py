@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.conftest import EnrolledDevice, ServerHelper, report
+from tests.server.conftest import PASSWORD, EnrolledDevice, ServerHelper, report
 
 SUPPORT_READS = [
     "/api/v1/devices",
     "/api/v1/devices/{id}",
     "/api/v1/devices/{id}/reports",
+    "/api/v1/devices/{id}/reports/6f1c2d9e-4d0b-4a59-9d36-0b9f1e3c2a11",
+    "/api/v1/devices/{id}/usage",
     "/api/v1/devices/{id}/commands",
     "/api/v1/users/me",
     "/api/v1/audit",
@@ -89,13 +91,36 @@ def test_customer_viewer_sees_only_its_customer(
     listed = server.client.get("/api/v1/devices", headers=viewer).json()
     assert [d["id"] for d in listed["devices"]] == [device_a.id]
     assert server.client.get(f"/api/v1/devices/{device_a.id}", headers=viewer).status_code == 200
-    for path in ("/api/v1/devices/{id}", "/api/v1/devices/{id}/reports", "/api/v1/devices/{id}/commands"):
+    for path in (
+        "/api/v1/devices/{id}",
+        "/api/v1/devices/{id}/reports",
+        "/api/v1/devices/{id}/usage",
+        "/api/v1/devices/{id}/commands",
+    ):
         assert server.client.get(path.format(id=device_b.id), headers=viewer).status_code == 404, path
     other = server.client.post(f"/api/v1/devices/{device_b.id}/commands", json={"kind": "run_checks"}, headers=viewer)
     assert other.status_code == 404
     own = server.client.post(f"/api/v1/devices/{device_a.id}/commands", json={"kind": "run_checks"}, headers=viewer)
     assert own.status_code == 403
     assert server.client.get(f"/api/v1/devices/{device_a.id}/commands", headers=viewer).json() == {"commands": []}
+
+
+def test_a_report_is_read_only_through_its_own_device(
+    server: ServerHelper, two_devices: tuple[EnrolledDevice, EnrolledDevice]
+) -> None:
+    device_a, device_b = two_devices
+    b_report = report("events", {"secret": "globex"}, server.clock())
+    server.post_reports(device_b, [b_report])
+    viewer = server.user_headers("carl", "customer", customer="Acme")
+    support = server.user_headers("anna", "support")
+    for headers in (viewer, support):
+        through_a = server.client.get(f"/api/v1/devices/{device_a.id}/reports/{b_report['id']}", headers=headers)
+        assert through_a.status_code == 404
+    own = server.client.get(f"/api/v1/devices/{device_b.id}/reports/{b_report['id']}", headers=viewer)
+    assert own.status_code == 404  # not the viewer's customer
+    assert server.client.get(f"/api/v1/devices/{device_b.id}/reports/{b_report['id']}", headers=support).json()[
+        "payload"
+    ] == {"secret": "globex"}
 
 
 def test_only_admins_read_the_audit_log(server: ServerHelper) -> None:
@@ -113,3 +138,98 @@ def test_unknown_device_is_404_and_absurd_ids_are_422(server: ServerHelper) -> N
     assert server.client.get("/api/v1/devices/4242", headers=admin).status_code == 404
     for device_id in ("0", "-1", "abc", str(2**63)):
         assert server.client.get(f"/api/v1/devices/{device_id}", headers=admin).status_code == 422, device_id
+
+
+ADMIN_WRITES = [("PUT", "/api/v1/devices/{id}/customer", {"customer": "Acme"})]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_WRITES)
+def test_admin_writes_refuse_everyone_but_admins(
+    server: ServerHelper, two_devices: tuple[EnrolledDevice, EnrolledDevice], method: str, path: str, body: dict
+) -> None:
+    _, device_b = two_devices
+    url = path.format(id=device_b.id)
+    for headers in ({}, device_b.headers, {"Authorization": "Bearer tmu_not-a-real-token"}):
+        assert server.client.request(method, url, json=body, headers=headers).status_code == 401, headers
+    for headers in (server.user_headers("anna", "support"), server.user_headers("carl", "customer", customer="Acme")):
+        assert server.client.request(method, url, json=body, headers=headers).status_code == 403
+    admin = server.user_headers("root", "admin")
+    assert server.client.get(f"/api/v1/devices/{device_b.id}", headers=admin).json()["customer"] == "Globex"
+    assert server.client.request(method, url, json=body, headers=admin).status_code == 200
+
+
+# ---------------------------------------------------------------- users, sessions, user management
+
+LONG_PASSWORD = "long enough password"
+ADMIN_ROUTES = [
+    ("GET", "/api/v1/users", None),
+    ("GET", "/api/v1/users/{uid}", None),
+    ("PUT", "/api/v1/users/{uid}/password", {"password": LONG_PASSWORD}),
+    ("POST", "/api/v1/users/{uid}/disable", None),
+    ("POST", "/api/v1/users/{uid}/enable", None),
+    ("GET", "/api/v1/users/{uid}/tokens", None),
+    ("DELETE", "/api/v1/users/{uid}/tokens/{tid}", None),
+]
+OWN_ROUTES = [
+    ("GET", "/api/v1/users/me/sessions", None),
+    ("DELETE", "/api/v1/users/me/sessions/{sid}", None),
+    ("PUT", "/api/v1/users/me/password", {"current_password": "x", "new_password": LONG_PASSWORD}),
+    ("GET", "/api/v1/users/me/tokens", None),
+    ("POST", "/api/v1/users/me/tokens", {"name": "x"}),
+    ("DELETE", "/api/v1/users/me/tokens/{tid}", None),
+]
+
+
+def _call(server: ServerHelper, method: str, path: str, body: object, headers: dict[str, str], **ids: int) -> int:
+    url = path.format(**ids)
+    return server.client.request(method, url, json=body, headers=headers).status_code
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES + OWN_ROUTES)
+def test_user_routes_refuse_no_credentials_and_device_tokens(
+    server: ServerHelper, method: str, path: str, body: object
+) -> None:
+    device = server.enroll()
+    for headers in ({}, device.headers, {"Authorization": "Bearer tmu_not-a-real-token"}):
+        assert _call(server, method, path, body, headers, uid=1, tid=1, sid=1) == 401, headers
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)
+def test_user_management_is_for_admins_only(server: ServerHelper, method: str, path: str, body: object) -> None:
+    admin = server.user_headers("root", "admin")
+    target = server.user("anna", "support")
+    for headers in (server.user_headers("sam", "support"), server.user_headers("carl", "customer", customer="Acme")):
+        assert _call(server, method, path, body, headers, uid=target.id, tid=1) == 403
+    unknown_user = 404 if "{uid}" in path else 200
+    assert _call(server, method, path, body, admin, uid=4242, tid=1) == unknown_user
+
+
+def test_admin_user_routes_answer_404_for_a_token_of_another_user(server: ServerHelper) -> None:
+    admin = server.user_headers("root", "admin")
+    server.user_headers("anna", "support")
+    users = {u["name"]: u["id"] for u in server.client.get("/api/v1/users", headers=admin).json()["users"]}
+    (root_token,) = server.client.get(f"/api/v1/users/{users['root']}/tokens", headers=admin).json()["tokens"]
+    url = f"/api/v1/users/{users['anna']}/tokens/{root_token['id']}"
+    assert server.client.delete(url, headers=admin).status_code == 404
+
+
+def test_a_user_ends_only_their_own_sessions_and_tokens(server: ServerHelper) -> None:
+    server.user("anna", "support")
+    bert = server.user_headers("bert", "customer", customer="Acme")
+    login = server.client.post("/api/v1/login", json={"name": "anna", "password": PASSWORD})
+    assert login.status_code == 200
+    (anna_session,) = server.client.get("/api/v1/users/me/sessions").json()["sessions"]
+    server.client.cookies.clear()
+    (bert_token,) = server.client.get("/api/v1/users/me/tokens", headers=bert).json()["tokens"]
+    assert server.client.delete(f"/api/v1/users/me/sessions/{anna_session['id']}", headers=bert).status_code == 404
+    assert server.client.get("/api/v1/users/me/sessions", headers=bert).json() == {"sessions": []}
+    anna = server.user_headers("anna2", "support")
+    assert server.client.delete(f"/api/v1/users/me/tokens/{bert_token['id']}", headers=anna).status_code == 404
+    assert server.client.get("/api/v1/users/me", headers=bert).status_code == 200
+    # a customer viewer manages their own credentials too
+    change = {"current_password": PASSWORD, "new_password": LONG_PASSWORD}
+    assert server.client.put("/api/v1/users/me/password", json=change, headers=bert).status_code == 204
+
+
+def test_logout_needs_no_credentials(server: ServerHelper) -> None:
+    assert server.client.post("/api/v1/logout").status_code == 204

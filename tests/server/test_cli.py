@@ -161,3 +161,137 @@ def test_placeholder_secret_is_refused(
     monkeypatch.setenv("TELEMAINT_SERVER_SECRET_KEY", "changeme")
     assert main(["init", *args]) == 1
     assert "TELEMAINT_SERVER_SECRET_KEY" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- user management
+
+
+def _add_user(args: list[str], monkeypatch: pytest.MonkeyPatch, name: str, role: str = "support") -> None:
+    _stdin(monkeypatch, "long enough password\n")
+    assert main(["user", "add", name, "--role", role, *args]) == 0
+
+
+def _give_token_and_session(db_url: str, name: str) -> None:
+    from server.auth import USER_TOKEN_PREFIX, hash_token, new_token
+    from server.clock import utc_now
+    from server.models import ApiToken
+    from server.users import start_session
+
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        assert user is not None
+        token_hash = hash_token(new_token(USER_TOKEN_PREFIX))
+        session.add(ApiToken(user_id=user.id, name="ci", token_hash=token_hash, created_at=utc_now()))
+        start_session(session, user, now=utc_now(), lifetime_s=3600, address="127.0.0.1", user_agent="test")
+        session.commit()
+    engine.dispose()
+
+
+def _audit_of(db_url: str, action: str) -> list[AuditEvent]:
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        events = list(session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
+    engine.dispose()
+    return events
+
+
+def test_user_passwd_sets_the_password_and_ends_sessions_and_tokens(
+    args: list[str], db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["init", *args])
+    _add_user(args, monkeypatch, "anna")
+    _give_token_and_session(db_url, "anna")
+    capsys.readouterr()
+    _stdin(monkeypatch, "an entirely new password\n")
+    assert main(["user", "passwd", "anna", "--password-stdin", *args]) == 0
+    assert capsys.readouterr().out == "password of anna set; ended 1 session(s) and revoked 1 API token(s)\n"
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        user = session.scalar(select(User).where(User.name == "anna"))
+        assert user is not None and verify_password("an entirely new password", user.password_hash)
+    engine.dispose()
+    (event,) = _audit_of(db_url, "user.password")
+    assert event.actor.startswith("cli:") and event.target == "user:anna"
+    assert event.details == {"sessions_revoked": 1, "tokens_revoked": 1}
+    _stdin(monkeypatch, "short\n")
+    assert main(["user", "passwd", "anna", *args]) == 1
+    assert "at least 8 characters" in capsys.readouterr().err
+
+
+def test_user_disable_enable_and_list(
+    args: list[str], db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["init", *args])
+    _add_user(args, monkeypatch, "root", "admin")
+    _add_user(args, monkeypatch, "anna")
+    _give_token_and_session(db_url, "anna")
+    capsys.readouterr()
+    assert main(["user", "disable", "anna", *args]) == 0
+    assert capsys.readouterr().out == "disabled anna; ended 1 session(s) and revoked 1 API token(s)\n"
+    assert main(["user", "list", "--json", *args]) == 0
+    users = {u["name"]: u for u in json.loads(capsys.readouterr().out)["users"]}
+    assert users["anna"]["disabled_at"] is not None and users["anna"]["tokens"] == 0
+    assert users["root"]["disabled_at"] is None and users["root"]["role"] == "admin"
+    assert main(["user", "list", *args]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["ID", "NAME", "ROLE", "CUSTOMER", "STATE", "SESSIONS", "TOKENS"]
+    assert table[1].split()[1:] == ["anna", "support", "disabled", "0", "0"]
+    assert main(["user", "disable", "anna", *args]) == 1
+    assert capsys.readouterr().err == "telemaint-server: user 'anna' is disabled already\n"
+    assert main(["user", "enable", "anna", *args]) == 0
+    assert capsys.readouterr().out == "enabled anna\n"
+    assert [e.target for e in _audit_of(db_url, "user.enable")] == ["user:anna"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["disable", "root"], "'root' is the last enabled admin"),
+        (["disable", "nobody"], "no user 'nobody'"),
+        (["enable", "root"], "user 'root' is not disabled"),
+        (["tokens", "nobody"], "no user 'nobody'"),
+        (["revoke-token", "root", "999"], "no such token of 'root'"),
+    ],
+)
+def test_user_changes_refused_with_one_line(
+    args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    main(["init", *args])
+    _add_user(args, monkeypatch, "root", "admin")
+    capsys.readouterr()
+    assert main(["user", *argv, *args]) == 1
+    err = capsys.readouterr().err
+    assert err == f"telemaint-server: {message}\n"
+
+
+def test_user_tokens_and_revoke_token(
+    args: list[str], db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["init", *args])
+    _add_user(args, monkeypatch, "anna")
+    _add_user(args, monkeypatch, "bert")
+    _give_token_and_session(db_url, "anna")
+    capsys.readouterr()
+    assert main(["user", "tokens", "anna", "--json", *args]) == 0
+    (token,) = json.loads(capsys.readouterr().out)["tokens"]
+    assert token["name"] == "ci" and token["last_used_at"] is None
+    assert main(["user", "revoke-token", "bert", str(token["id"]), *args]) == 1
+    assert "no such token of 'bert'" in capsys.readouterr().err
+    assert main(["user", "revoke-token", "anna", str(token["id"]), *args]) == 0
+    assert capsys.readouterr().out == f"revoked API token {token['id']} of anna\n"
+    assert main(["user", "tokens", "anna", *args]) == 0
+    assert capsys.readouterr().out.split() == ["ID", "NAME", "CREATED", "LAST", "USED"]
+    (event,) = _audit_of(db_url, "api_token.revoke")
+    assert event.actor.startswith("cli:") and event.details == {"user": "anna", "name": "ci"}
+
+
+def test_run_refuses_a_trusted_proxy_that_is_no_address(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--trusted-proxy", "10.0.0.1", "--trusted-proxy", "proxy.local", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("telemaint-server: --trusted-proxy: 'proxy.local' is not an IP address or network")
+    assert err.count("\n") == 1

@@ -557,3 +557,53 @@ def test_hostile_text_from_devices_is_escaped(server: ServerHelper) -> None:
     device_html = server.client.get(f"/devices/{device.id}").text
     assert "&lt;img src=x onerror=alert(2)&gt; ERROR" in device_html
     assert "&lt;iframe src=//evil&gt;" in device_html
+
+
+def test_admin_assigns_an_unassigned_device_on_its_page(server: ServerHelper) -> None:
+    body = server.enroll_body(server.code(), "SN-U1", customer="Acme")
+    device_id = server.client.post("/api/v1/enroll", json=body).json()["device_id"]
+    server.user("carol", "customer", customer="Acme")
+    server.user("sam", "support")
+    server.user("ada", "admin")
+
+    log_in(server.client, "carol")
+    assert listed_serials(server.client.get("/").text) == []
+    assert server.client.get(f"/devices/{device_id}").status_code == 404
+
+    server.client.cookies.clear()
+    log_in(server.client, "sam")
+    row = re.search(r'<tr class="device" data-serial="SN-U1">.*?</tr>', server.client.get("/").text, re.S)
+    assert row and "unassigned" in row.group(0)
+    page = server.client.get(f"/devices/{device_id}").text
+    assert "The machine says: Acme" in page
+    assert f'action="/devices/{device_id}/customer"' not in page
+    refused = server.client.post(
+        f"/devices/{device_id}/customer", data={"customer": "Acme", "csrf_token": csrf_token_of(page)}
+    )
+    assert refused.status_code == 403
+
+    server.client.cookies.clear()
+    log_in(server.client, "ada")
+    page = server.client.get(f"/devices/{device_id}").text
+    assert f'action="/devices/{device_id}/customer"' in page
+    stale = server.client.post(f"/devices/{device_id}/customer", data={"customer": "Acme", "csrf_token": "x"})
+    assert stale.status_code == 403
+    hidden = server.client.post(
+        f"/devices/{device_id}/customer", data={"customer": "Ac\u202eme", "csrf_token": csrf_token_of(page)}
+    )
+    assert hidden.status_code == 400 and "U+202E" in hidden.text
+    assigned = server.client.post(
+        f"/devices/{device_id}/customer",
+        data={"customer": "Acme", "csrf_token": csrf_token_of(page)},
+        follow_redirects=False,
+    )
+    assert assigned.status_code == 303 and assigned.headers["location"] == f"/devices/{device_id}#identity"
+    assert server.client.get(f"/api/v1/devices/{device_id}").json()["customer"] == "Acme"
+    assert "Unassign" in server.client.get(f"/devices/{device_id}").text
+    with server.sessionmaker() as session:
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "device.assign")).all()
+    assert [(e.actor, e.details["to"]) for e in events] == [("user:ada", "Acme")]
+
+    server.client.cookies.clear()
+    log_in(server.client, "carol")
+    assert listed_serials(server.client.get("/").text) == ["SN-U1"]

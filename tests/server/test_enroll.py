@@ -55,27 +55,29 @@ def test_unknown_code_is_refused(server: ServerHelper) -> None:
     assert response.json()["detail"] == "unknown enrollment code"
 
 
-def test_same_serial_re_enrolls_to_the_same_device_with_a_new_token(server: ServerHelper) -> None:
+def test_same_serial_with_a_code_alone_is_asked_for_proof_and_keeps_its_token(server: ServerHelper) -> None:
     first = server.enroll(serial="SN-7", customer="Acme")
-    new_key = ssh_public_key()
     response = server.client.post(
-        "/api/v1/enroll", json=server.enroll_body(server.code(), serial="SN-7", ssh_public_key=new_key)
+        "/api/v1/enroll", json=server.enroll_body(server.code(), serial="SN-7", ssh_public_key=ssh_public_key())
     )
-    assert response.status_code == 201
-    second = response.json()
-    assert second["device_id"] == first.id
-    assert second["token"] != first.token
-    # the old token is dead, the new one works
-    old = server.client.get("/api/v1/agent/commands", headers=first.headers)
-    assert old.status_code == 401
-    new = server.client.get("/api/v1/agent/commands", headers={"Authorization": f"Bearer {second['token']}"})
-    assert new.status_code == 200
+    assert response.status_code == 409
+    assert set(response.json()) == {"detail", "device_id", "challenge", "expires_at"}
+    assert response.json()["device_id"] == first.id
+    # nothing changed: the old token works, the key is the old one, there is one device
+    assert server.client.get("/api/v1/agent/commands", headers=first.headers).status_code == 200
     with server.sessionmaker() as session:
         assert session.scalar(select(func.count()).select_from(Device)) == 1
-        device = session.get(Device, first.id)
-        assert device is not None
-        assert device.ssh_public_key == new_key
-        assert device.customer_id is not None  # re-enrolling with a code without customer keeps it
+        audit = session.scalars(select(AuditEvent).where(AuditEvent.action == "enrollment.refused")).all()
+        assert [(a.target, a.details["serial"]) for a in audit] == [(f"device:{first.id}", "SN-7")]
+
+
+def test_refused_codes_are_audited(server: ServerHelper) -> None:
+    response = server.client.post("/api/v1/enroll", json=server.enroll_body("AAAA-BBBB-CCCC", serial="SN-3"))
+    assert response.status_code == 403
+    with server.sessionmaker() as session:
+        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "enrollment.refused")).all()
+        assert (event.actor, event.target, event.address) == ("device:SN-3", "serial:SN-3", "testclient")
+        assert event.details["reason"] == "unknown enrollment code"
 
 
 def test_bad_ssh_key_is_422(server: ServerHelper) -> None:

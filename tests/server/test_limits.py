@@ -60,8 +60,8 @@ def test_awkward_strings_in_payloads_are_stored(server: ServerHelper, device: En
     response = server.client.post("/api/v1/agent/reports", content=body, headers={**JSON, **device.headers})
     assert response.status_code == 200, response.text
     admin = server.user_headers("root", "admin")
-    stored = server.client.get(f"/api/v1/devices/{device.id}/reports?kind=events", headers=admin).json()
-    stored_payload = stored["reports"][0]["payload"]
+    stored = server.client.get(f"/api/v1/devices/{device.id}/reports/{batch[0]['id']}", headers=admin).json()
+    stored_payload = stored["payload"]
     assert stored_payload["emoji"] == "\U0001f525"
     assert stored_payload["surrogate"] == "\ufffd"  # undecodable bytes on the agent, made readable
     assert stored_payload["nul"] == "a\x00b"
@@ -129,3 +129,47 @@ def test_awkward_query_strings_are_4xx_or_empty(server: ServerHelper) -> None:
         response = server.client.get(f"/api/v1/devices{query}", headers=support)
         assert response.status_code == 422, query
     assert server.client.get("/api/v1/devices?q=%E2%82%AC", headers=support).status_code == 200
+
+
+NUMBER = "__number__"
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_nan_and_infinity_in_reports_and_results_are_422(
+    server: ServerHelper, device: EnrolledDevice, number: str
+) -> None:
+    item = report("health", {"checks": [{"name": "t", "value": NUMBER}]}, server.clock())
+    body = json.dumps({"reports": [item]}).replace(f'"{NUMBER}"', number)
+    response = server.client.post("/api/v1/agent/reports", content=body, headers={**JSON, **device.headers})
+    assert response.status_code == 422, response.text
+    assert "NaN and Infinity" in response.json()["detail"][0]["msg"]
+    support = server.user_headers("anna", "support")
+    command = server.client.post(f"/api/v1/devices/{device.id}/commands", json={"kind": "run_checks"}, headers=support)
+    result = json.dumps({"status": "done", "result": {"load": [NUMBER]}}).replace(f'"{NUMBER}"', number)
+    path = f"/api/v1/agent/commands/{command.json()['id']}/result"
+    assert server.client.post(path, content=result, headers={**JSON, **device.headers}).status_code == 422
+    admin = server.user_headers("root", "admin")
+    assert server.client.get(f"/api/v1/devices/{device.id}/reports", headers=admin).json()["reports"] == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "press-7\u202e1-sserp"),  # right-to-left override: shows as another name
+        ("name", "press\u200b7"),  # zero-width space
+        ("model", "P7\u2066x"),  # bidi isolate
+        ("customer", "Acme\u00a0GmbH"),  # no-break space looks like a space
+        ("serial", "SN\ufeff-1"),  # byte order mark
+        ("name", "press\u00ad7"),  # soft hyphen
+    ],
+)
+def test_names_shown_to_support_refuse_look_alike_characters(server: ServerHelper, field: str, value: str) -> None:
+    body = server.enroll_body(server.code(), **{field: value})
+    response = server.client.post("/api/v1/enroll", json=body)
+    assert response.status_code == 422, response.text
+    assert field in {error["loc"][-1] for error in response.json()["detail"]}
+
+
+def test_plain_unicode_names_are_taken(server: ServerHelper) -> None:
+    body = server.enroll_body(server.code(), name="Presse 7 Halle Süd", model="Δ-3000", customer="Ōsaka Kōgyō")
+    assert server.client.post("/api/v1/enroll", json=body).status_code == 201

@@ -1,14 +1,22 @@
-"""Report batches: acked by id, stored once, deriving device state and version history."""
+"""Report batches: acked by id, stored once per device, dated by what the server can trust,
+deriving device state and version history; reading them back a bounded piece at a time."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from server.api.models import MAX_REPORTS_PER_BATCH
-from server.models import Device, Report
+from server.config import MiB
+from server.models import Device, DeviceState, Report
+from server.web.device_page import health_history
+from server.web.queries import health_samples
 from tests.server.conftest import ServerHelper, health, inventory, report
+from tests.server.test_dashboard import log_in
 
 
 def _stored_reports(server: ServerHelper) -> int:
@@ -146,7 +154,7 @@ def test_latest_health_sets_worst_status(server: ServerHelper) -> None:
     assert server.client.get("/api/v1/devices?health=CRITICAL", headers=admin).json()["total"] == 0
 
 
-def test_report_list_is_newest_first_and_filtered_by_kind(server: ServerHelper) -> None:
+def test_report_list_is_newest_first_without_payloads_and_one_report_has_its_payload(server: ServerHelper) -> None:
     device = server.enroll()
     admin = server.user_headers("anna", "support")
     ids = []
@@ -155,9 +163,143 @@ def test_report_list_is_newest_first_and_filtered_by_kind(server: ServerHelper) 
         ids.append(r["id"])
         server.post_reports(device, [r])
     server.post_reports(device, [report("health", health(), server.clock.advance(60))])
-    response = server.client.get(f"/api/v1/devices/{device.id}/reports?kind=heartbeat&limit=2", headers=admin)
-    assert [r["id"] for r in response.json()["reports"]] == [ids[2], ids[1]]
-    assert response.json()["reports"][0]["payload"] == {"n": 2}
+    url = f"/api/v1/devices/{device.id}/reports"
+    page = server.client.get(f"{url}?kind=heartbeat&limit=2", headers=admin).json()
+    assert [r["id"] for r in page["reports"]] == [ids[2], ids[1]]
+    assert "payload" not in page["reports"][0]
+    assert page["reports"][0]["size"] == len('{"n":2}')
+    rest = server.client.get(f"{url}?kind=heartbeat&limit=2&offset={page['next_offset']}", headers=admin).json()
+    assert [r["id"] for r in rest["reports"]] == [ids[0]] and rest["next_offset"] is None
+    one = server.client.get(f"{url}/{ids[2]}", headers=admin)
+    assert one.status_code == 200
+    assert one.json()["payload"] == {"n": 2} and one.json()["kind"] == "heartbeat"
+    assert server.client.get(f"{url}/{uuid.uuid4()}", headers=admin).status_code == 404
+    assert server.client.get(f"{url}/not-a-uuid", headers=admin).status_code == 422
+
+
+def test_reading_large_reports_is_bounded_per_response(server: ServerHelper) -> None:
+    device = server.enroll()
+    admin = server.user_headers("anna", "support")
+    big = [report("events", {"blob": "x" * (7 * MiB)}, server.clock.advance(1)) for _ in range(3)]
+    for r in big:
+        assert server.post_reports(device, [r]).status_code == 200
+    listed = server.client.get(f"/api/v1/devices/{device.id}/reports?limit=500", headers=admin)
+    assert listed.status_code == 200
+    assert len(listed.json()["reports"]) == 3
+    assert len(listed.content) < 4096  # three 7 MiB reports listed in a few hundred bytes
+    assert {r["size"] for r in listed.json()["reports"]} == {len(json.dumps(big[0]["payload"], separators=(",", ":")))}
+    one = server.client.get(f"/api/v1/devices/{device.id}/reports/{big[0]['id']}", headers=admin)
+    assert one.status_code == 200 and len(one.json()["payload"]["blob"]) == 7 * MiB
+
+
+def test_the_health_history_loads_payloads_within_its_byte_bound(server: ServerHelper) -> None:
+    device = server.enroll()
+    small = report("health", health("OK"), server.clock.advance(60))
+    large = report("health", {**health("CRITICAL"), "padding": "x" * 200_000}, server.clock.advance(60))
+    newest = report("health", health("WARNING"), server.clock.advance(60))
+    for r in (small, large, newest):
+        server.post_reports(device, [r])
+    with server.sessionmaker() as session:
+        samples = health_samples(session, device.id, limit=10, max_bytes=100_000)
+    assert [s.payload["status"] if s.payload else None for s in samples] == ["WARNING", None, "OK"]
+    history = health_history(samples)
+    assert history["overall"] == ["WARNING", None, "OK"] and history["unloaded"] == 1
+
+
+def test_report_ids_are_unique_per_device_not_across_devices(server: ServerHelper) -> None:
+    device_a, device_b = server.enroll("A-1"), server.enroll("B-2")
+    admin = server.user_headers("root", "admin")
+    a_reports = [report("health", health("CRITICAL"), server.clock()), report("heartbeat", {"n": "a"}, server.clock())]
+    # B learned A's report ids and sends them first, with its own payloads
+    b_reports = [{**r, "payload": {"n": "b"}, "kind": "events"} for r in a_reports]
+    assert server.post_reports(device_b, b_reports).json()["acked"] == [r["id"] for r in b_reports]
+    response = server.post_reports(device_a, a_reports)
+    assert response.status_code == 200
+    assert response.json()["acked"] == [r["id"] for r in a_reports]
+    with server.sessionmaker() as session:
+        stored = {(row.device_id, str(row.uuid), row.kind) for row in session.scalars(select(Report))}
+    assert stored == {
+        (d.id, r["id"], r["kind"]) for d, rs in ((device_a, a_reports), (device_b, b_reports)) for r in rs
+    }
+    a_state = server.client.get(f"/api/v1/devices/{device_a.id}", headers=admin).json()
+    assert a_state["health_status"] == "CRITICAL"
+    one = server.client.get(f"/api/v1/devices/{device_b.id}/reports/{a_reports[0]['id']}", headers=admin).json()
+    assert one["payload"] == {"n": "b"}
+    # a resend by A is still a duplicate of A's own report, and B's resend of B's
+    assert server.post_reports(device_a, a_reports).json()["acked"] == [r["id"] for r in a_reports]
+    assert _stored_reports(server) == 4
+
+
+def test_a_report_dated_in_the_future_cannot_freeze_the_device_state(server: ServerHelper) -> None:
+    device = server.enroll()
+    admin = server.user_headers("anna", "support")
+    received = server.clock()
+    future = received + timedelta(days=365)
+    frozen = [
+        report("health", {**health("CRITICAL"), "generated_at": future.isoformat()}, future),
+        report("inventory", inventory({"camera firmware": "6.6.6"}), future),
+    ]
+    assert server.post_reports(device, frozen).status_code == 200
+    detail = server.client.get(f"/api/v1/devices/{device.id}", headers=admin).json()
+    assert detail["health_at"].startswith(received.strftime("%Y-%m-%dT%H:%M:%S"))  # dated as received
+    server.user("sam", "support")
+    log_in(server.client, "sam")
+    page = server.client.get(f"/devices/{device.id}").text
+    assert "checked 2026-03-02 09:00:00 UTC" in page and "2027-" not in page
+    later = server.clock.advance(60)
+    genuine = [
+        report("health", health("OK"), later),
+        report("inventory", inventory({"camera firmware": "2.4.0"}), later),
+    ]
+    assert server.post_reports(device, genuine).status_code == 200
+    detail = server.client.get(f"/api/v1/devices/{device.id}", headers=admin).json()
+    assert detail["health_status"] == "OK"
+    assert detail["versions"]["component:camera firmware"] == "2.4.0"
+    listed = server.client.get(f"/api/v1/devices/{device.id}/reports?kind=health", headers=admin).json()["reports"]
+    assert [r["id"] for r in listed] == [genuine[0]["id"], frozen[0]["id"]]
+    assert all(r["created_at"] <= r["received_at"] for r in listed)
+
+
+def test_a_future_state_stored_before_times_were_bounded_is_superseded(server: ServerHelper) -> None:
+    device = server.enroll()
+    admin = server.user_headers("anna", "support")
+    server.post_reports(device, [report("health", health("CRITICAL"), server.clock())])
+    with server.sessionmaker() as session:
+        state = session.get(DeviceState, device.id)
+        assert state is not None
+        state.health_at = server.clock() + timedelta(days=3650)
+        session.commit()
+    server.post_reports(device, [report("health", health("OK"), server.clock.advance(60))])
+    assert server.client.get(f"/api/v1/devices/{device.id}", headers=admin).json()["health_status"] == "OK"
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    [
+        "9999-12-31T23:30:00-05:00",  # past year 9999 in UTC
+        "0001-01-01T00:30:00+05:00",  # before year 1 in UTC
+        "+275760-09-13T00:00:00Z",  # the largest JavaScript date
+        "1969-12-31T23:59:59Z",
+        "2026-13-01T00:00:00Z",
+    ],
+)
+def test_unrepresentable_report_times_are_422(server: ServerHelper, created_at: str) -> None:
+    device = server.enroll()
+    item = {**report("heartbeat", {}, server.clock()), "created_at": created_at}
+    response = server.post_reports(device, [item])
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "reports", 0, "created_at"]
+    assert _stored_reports(server) == 0
+
+
+def test_the_latest_representable_time_is_stored_as_received(server: ServerHelper) -> None:
+    device = server.enroll()
+    item = report("heartbeat", {}, server.clock())
+    item["created_at"] = "9999-12-31T23:59:59.999999Z"
+    assert server.post_reports(device, [item]).status_code == 200
+    with server.sessionmaker() as session:
+        row = session.scalars(select(Report)).one()
+        assert row.created_at == row.received_at == server.clock()
 
 
 def test_heartbeat_interval_from_the_agent_is_used(server: ServerHelper) -> None:

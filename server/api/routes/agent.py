@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from server.api.deps import CurrentDevice, NowDep, RowIdPath, SessionDep
+from server.api.deps import CurrentDevice, NowDep, RowIdPath, SessionDep, SettingsDep
 from server.api.models import (
     AckOut,
     AgentCommandListOut,
@@ -18,7 +18,7 @@ from server.api.models import (
     CommandResultIn,
     ReportBatchIn,
 )
-from server.ingest import store_reports
+from server.ingest import BudgetExceeded, store_reports
 from server.models import Command
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,31 @@ STORE_ATTEMPTS = 2
 router = APIRouter(prefix="/agent", tags=["agent"])
 
 
-@router.post("/reports")
-def post_reports(batch: ReportBatchIn, device: CurrentDevice, session: SessionDep, now: NowDep) -> AckOut:
-    """Store a batch; ack every report stored now or before (duplicates are not stored twice)."""
+@router.post(
+    "/reports",
+    responses={
+        413: {"description": "the body, or the batch's new reports alone, exceed what the device may store"},
+        422: {"description": "a report is malformed (unknown kind, NaN, an unrepresentable time, ...)"},
+        429: {"description": "the device's daily storage budget is used up; see Retry-After (next UTC day)"},
+        409: {"description": "the same reports were being stored concurrently; retry"},
+    },
+)
+def post_reports(
+    batch: ReportBatchIn, device: CurrentDevice, session: SessionDep, now: NowDep, settings: SettingsDep
+) -> AckOut:
+    """Store a batch; ack every report stored now or before by this device (duplicates are not
+    stored twice). A batch over the device's daily budget is refused whole (413 or 429) and
+    counted; the device's usage and refusals show on its page."""
     device_id = device.id
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
-            acked = store_reports(session, device, batch.reports, now)
+            acked = store_reports(session, device, batch.reports, now, settings.device_daily_bytes)
             session.commit()
             return AckOut(acked=acked)
+        except BudgetExceeded as exc:
+            session.commit()  # the refusal is counted
+            headers = {"Retry-After": str(exc.retry_after_s)} if exc.status_code == 429 else None
+            raise HTTPException(exc.status_code, detail=str(exc), headers=headers) from None
         except IntegrityError:
             session.rollback()
             log.info("device %d: concurrent delivery of a report (attempt %d)", device_id, attempt)

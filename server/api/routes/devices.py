@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -10,29 +11,38 @@ from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import false, or_, select
 
 from server.api.deps import (
+    AdminUser,
     ClientAddress,
     CurrentUser,
+    DeviceIdPath,
     NowDep,
     SessionDep,
+    SettingsDep,
     VisibleDevice,
 )
 from server.api.models import (
     CommandIn,
     CommandListOut,
     CommandOut,
+    DeviceCustomerIn,
     DeviceDetail,
     DeviceListOut,
     DevicePublic,
     DeviceStatus,
+    DeviceUsageDay,
+    DeviceUsageOut,
     HealthStatus,
     QueryText,
     ReportKind,
     ReportListOut,
     ReportOut,
+    ReportSummary,
     VersionChangeOut,
 )
 from server.audit import record_audit
+from server.customers import assign_device
 from server.devices import device_status
+from server.ingest import usage_days
 from server.models import Command, Customer, Device, DeviceState, Report, VersionChange
 
 log = logging.getLogger(__name__)
@@ -41,6 +51,7 @@ DEVICE_PAGE_MAX = 1000
 REPORT_PAGE_MAX = 500
 COMMAND_PAGE_MAX = 500
 VERSION_HISTORY_MAX = 200
+USAGE_DAYS_SHOWN = 14
 OFFSET_MAX = 10**9
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -76,6 +87,7 @@ def list_devices(
     customer: Annotated[QueryText | None, Query(description="customer name")] = None,
     status_filter: Annotated[DeviceStatus | None, Query(alias="status")] = None,
     health: Annotated[HealthStatus | None, Query(description="worst health status")] = None,
+    unassigned: Annotated[bool, Query(description="only devices without a customer")] = False,
     limit: Annotated[int, Query(ge=1, le=DEVICE_PAGE_MAX)] = 200,
     offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
 ) -> DeviceListOut:
@@ -103,6 +115,8 @@ def list_devices(
         stmt = stmt.where(Customer.name == customer)
     if health:
         stmt = stmt.where(DeviceState.health_status == health)
+    if unassigned:
+        stmt = stmt.where(Device.customer_id.is_(None))
     devices = [
         _device_public(device, customer_name, health_status, now)
         for device, customer_name, health_status in session.execute(stmt)
@@ -127,6 +141,7 @@ def get_device(device: VisibleDevice, session: SessionDep, now: NowDep) -> Devic
     return DeviceDetail(
         **public.model_dump(),
         ssh_public_key=device.ssh_public_key,
+        claimed_customer=device.claimed_customer,
         inventory=state.inventory if state else None,
         inventory_at=state.inventory_at if state else None,
         health=state.health if state else None,
@@ -136,29 +151,55 @@ def get_device(device: VisibleDevice, session: SessionDep, now: NowDep) -> Devic
     )
 
 
-@router.get("/{device_id}/reports")
+@router.get("/{device_id}/reports", responses={404: {"description": "absent or not visible"}})
 def list_reports(
     device: VisibleDevice,
     session: SessionDep,
     kind: ReportKind | None = None,
     limit: Annotated[int, Query(ge=1, le=REPORT_PAGE_MAX)] = 50,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX)] = 0,
 ) -> ReportListOut:
-    """Return the device's latest reports, newest first, optionally of one kind."""
-    stmt = select(Report).where(Report.device_id == device.id)
+    """Return a page of the device's reports without payloads, newest first, optionally of one
+    kind; ``GET /devices/{id}/reports/{report_id}`` returns one with its payload."""
+    stmt = select(Report.uuid, Report.kind, Report.created_at, Report.received_at, Report.size).where(
+        Report.device_id == device.id
+    )
     if kind:
         stmt = stmt.where(Report.kind == kind)
-    stmt = stmt.order_by(Report.created_at.desc(), Report.id.desc()).limit(limit)
+    stmt = stmt.order_by(Report.created_at.desc(), Report.id.desc()).offset(offset).limit(limit + 1)
+    rows = session.execute(stmt).all()
     return ReportListOut(
         reports=[
-            ReportOut(
-                id=r.uuid,
-                kind=r.kind,
-                created_at=r.created_at,
-                received_at=r.received_at,
-                payload=r.payload,
-            )
-            for r in session.scalars(stmt)
-        ]
+            ReportSummary(id=r.uuid, kind=r.kind, created_at=r.created_at, received_at=r.received_at, size=r.size)
+            for r in rows[:limit]
+        ],
+        next_offset=offset + limit if len(rows) > limit else None,
+    )
+
+
+@router.get("/{device_id}/reports/{report_id}", responses={404: {"description": "no such report of this device"}})
+def get_report(device: VisibleDevice, report_id: uuid.UUID, session: SessionDep) -> ReportOut:
+    """Return one report of the device with its payload (at most the agent body limit)."""
+    report = session.scalar(select(Report).where(Report.device_id == device.id, Report.uuid == report_id))
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such report")
+    return ReportOut(
+        id=report.uuid,
+        kind=report.kind,
+        created_at=report.created_at,
+        received_at=report.received_at,
+        size=report.size,
+        payload=report.payload,
+    )
+
+
+@router.get("/{device_id}/usage", responses={404: {"description": "absent or not visible"}})
+def device_usage(device: VisibleDevice, session: SessionDep, settings: SettingsDep) -> DeviceUsageOut:
+    """Return the device's daily storage budget and what it stored and had refused on its last
+    :data:`USAGE_DAYS_SHOWN` days, newest first."""
+    return DeviceUsageOut(
+        daily_budget_bytes=settings.device_daily_bytes,
+        days=[DeviceUsageDay.model_validate(row) for row in usage_days(session, device.id, USAGE_DAYS_SHOWN)],
     )
 
 
@@ -213,3 +254,32 @@ def list_commands(
         select(Command).where(Command.device_id == device.id).order_by(Command.id.desc()).limit(limit)
     ).all()
     return CommandListOut(commands=[CommandOut.model_validate(c) for c in commands])
+
+
+@router.put(
+    "/{device_id}/customer",
+    responses={403: {"description": "admins only"}, 404: {"description": "no such device"}},
+)
+def assign_customer(
+    body: DeviceCustomerIn,
+    device_id: DeviceIdPath,
+    admin: AdminUser,
+    session: SessionDep,
+    now: NowDep,
+    address: ClientAddress,
+) -> DevicePublic:
+    """Assign the device to a customer (created when new), or unassign it with ``null``; admins
+    only, audited as ``device.assign``. Returns the device as the list shows it."""
+    device = session.get(Device, device_id)
+    if device is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such device")
+    try:
+        before, after = assign_device(
+            session, device, body.customer, now=now, actor=f"user:{admin.name}", address=address
+        )
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
+    session.commit()
+    log.info("user %s assigned device %d from customer %r to %r", admin.name, device.id, before, after)
+    state = session.get(DeviceState, device.id)
+    return _device_public(device, after, state.health_status if state else None, now)
