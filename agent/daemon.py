@@ -322,6 +322,9 @@ class AgentDaemon:
         self._held = HeldReports()
         self._uplink: Uplink | None = None
         self._uplink_lock = threading.Lock()
+        # A job that ends after the stop (a check child not waited for) finds the outbox closed.
+        self._outbox_lock = threading.Lock()
+        self._outbox_closed = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -364,7 +367,9 @@ class AgentDaemon:
         sender.join(timeout=5)
         with contextlib.suppress(FileNotFoundError):
             control_socket_path(self.state_dir).unlink()
-        self.outbox.close()
+        with self._outbox_lock:
+            self._outbox_closed = True
+            self.outbox.close()
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -396,7 +401,11 @@ class AgentDaemon:
     def queue(self, kind: str, payload: dict[str, Any]) -> str:
         """Put a report in the outbox and wake the sender; return its UUID."""
         report = new_report(kind, payload)
-        self.outbox.put(report)
+        with self._outbox_lock:
+            if self._outbox_closed:
+                logger.info("stopping: a %s report finished after the stop is not queued", kind)
+                return report.id
+            self.outbox.put(report)
         logger.debug("queued %s report %s", kind, report.id)
         self._wake_sender.set()
         return report.id

@@ -25,9 +25,10 @@ def record_audit(
 ) -> AuditEvent:
     """Add one audit event to ``session`` (the caller commits) and return it.
 
-    Actions in use: ``login.ok``, ``login.failed``, ``logout``, ``device.enroll``,
-    ``enrollment_code.create``, ``command.queue``, ``user.add``, ``api_token.create``,
-    ``api_token.revoke``, ``download``.
+    Actions in use: ``login.ok``, ``login.failed``, ``logout``, ``session.end``,
+    ``device.enroll``, ``enrollment.refused``, ``enrollment_code.create``, ``device.assign``,
+    ``device.budget_exceeded``, ``command.queue``, ``user.add``, ``user.password``,
+    ``user.disable``, ``user.enable``, ``api_token.create``, ``api_token.revoke``.
     """
     event = AuditEvent(
         at=at,

@@ -234,7 +234,7 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     from server.audit import record_audit
     from server.auth import hash_password
     from server.clock import utc_now
-    from server.customers import get_or_create_customer
+    from server.customers import customer_name_problem, get_or_create_customer
     from server.db import make_engine, make_sessionmaker
     from server.migrations import require_current_schema
     from server.models import NAME_MAX_CHARS, User
@@ -249,6 +249,8 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
         raise CliError("a customer viewer needs --customer")
     if args.role != "customer" and args.customer:
         raise CliError("--customer is only for --role customer")
+    if args.customer and customer_name_problem(args.customer):
+        raise CliError(f"--customer {args.customer!r}: {customer_name_problem(args.customer)}")
     settings = _settings(args)
     engine = make_engine(settings.database_url)
     try:
@@ -505,9 +507,7 @@ def _print_devices(rows: list[dict[str, Any]], *, as_json: bool) -> None:
         (str(r["id"]), r["name"], r["serial"], r["customer"] or "(unassigned)", r["claimed_customer"] or "")
         for r in rows
     ]
-    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
-    for row in (headers, *table):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _print_table(headers, table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

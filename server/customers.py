@@ -30,10 +30,17 @@ def customer_name_problem(name: str) -> str | None:
 
 
 def get_or_create_customer(session: Session, name: str, now: datetime) -> Customer:
-    """Return the customer called ``name``, creating it (race-safe) when new."""
+    """Return the customer called ``name``, creating it (race-safe) when new.
+
+    Raises ValueError for a new name that cannot name a customer (:func:`customer_name_problem`):
+    every way a customer comes to be goes through here.
+    """
     customer = session.scalar(select(Customer).where(Customer.name == name))
     if customer is not None:
         return customer
+    problem = customer_name_problem(name)
+    if problem:
+        raise ValueError(f"customer {name!r}: {problem}")
     try:
         with session.begin_nested():
             customer = Customer(name=name, created_at=now)

@@ -134,7 +134,6 @@ AgentVersion = Annotated[
 ]
 Message = Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS), AfterValidator(_encodable)]
 QueryText = Annotated[str, StringConstraints(max_length=200), AfterValidator(_printable)]
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_clean_json)]
 
 
@@ -186,20 +185,6 @@ ENROLLMENT_CHALLENGE_MAX_CHARS = 512
 ED25519_SIGNATURE_BYTES = 64
 
 
-def _shown_name(value: str) -> str:
-    return check_name(_printable(value))
-
-
-ShownName = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_shown_name),
-]
-OptionalShownName = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_shown_name)
-]
-
-
 def enrollment_proof_message(challenge: str, serial: str, ssh_public_key: str) -> bytes:
     """Return the bytes a machine signs to prove it holds its device's current key.
 
@@ -242,10 +227,10 @@ class EnrollIn(WireModel):
     """
 
     code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-    name: ShownName
+    name: Label
     serial: Serial
-    model: OptionalShownName = ""
-    customer: ShownName | None = None
+    model: OptionalLabel = ""
+    customer: Label | None = None
     ssh_public_key: Annotated[str, StringConstraints(max_length=16 * 1024)]
     agent_version: AgentVersion
     proof: EnrollProofIn | None = None
@@ -283,7 +268,7 @@ class DeviceCustomerIn(WireModel):
     """``PUT /devices/{id}/customer``: assign the device to a customer (created when new), or
     ``null`` to leave it unassigned."""
 
-    customer: ShownName | None
+    customer: Label | None
 
 
 # ---------------------------------------------------------------- reports

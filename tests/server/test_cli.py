@@ -78,6 +78,8 @@ def test_user_add_reads_the_password_from_stdin(
         (["anna", "--role", "support"], "short\n", "at least 8 characters"),
         (["carl", "--role", "customer"], "long enough\n", "needs --customer"),
         (["anna", "--role", "support", "--customer", "Acme"], "long enough\n", "only for --role customer"),
+        (["carl", "--role", "customer", "--customer", "Ac\u202eme"], "long enough\n", "bidirectional control"),
+        (["carl", "--role", "customer", "--customer", "Ac\u200bme"], "long enough\n", "invisible"),
     ],
 )
 def test_user_add_refuses_with_one_line(

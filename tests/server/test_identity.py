@@ -388,6 +388,8 @@ def test_cli_issues_device_codes_and_assigns_devices(
     server: ServerHelper, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["--db", db_url, "--data-dir", str(tmp_path / "cli")]
+    assert main(["device", "list", *args]) == 0  # no devices yet: the header alone
+    assert capsys.readouterr().out.split() == ["ID", "NAME", "SERIAL", "CUSTOMER", "CLAIMED"]
     device = enroll_new(server, Machine("PRESS-7"), None, customer="Acme")
     assert main(["device", "list", "--unassigned", "--json", *args]) == 0
     listed = json.loads(capsys.readouterr().out)["devices"]

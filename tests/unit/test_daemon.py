@@ -127,3 +127,15 @@ def test_the_service_process_does_not_load_the_config_models(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_job_that_ends_after_the_stop_does_not_fail_on_the_closed_outbox(daemon, caplog):
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    daemon.stop()
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    caplog.set_level("INFO", logger="agent.daemon")
+    # What a check child finishing now does: queue its report. It is dropped with one line.
+    daemon.queue("health", {"status": "OK", "checks": []})
+    assert "finished after the stop is not queued" in caplog.text
