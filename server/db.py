@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -83,6 +84,19 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def compact_json(value: Any) -> str:
+    """Return ``value`` as the JSON text stored in JSON columns: compact, UTF-8 (no ``\\uXXXX``
+    escapes, which take up to 12 bytes for a 4-byte character), so that a report's stored size is
+    the size its device's budget is charged. Text that UTF-8 cannot hold (a lone surrogate) is
+    stored escaped."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
+    return text
+
+
 def make_engine(url: str | URL, *, transactional_ddl: bool = False, **kwargs: Any) -> Engine:
     """Return an engine for ``url``; SQLite connections get WAL, a busy timeout and FKs on.
 
@@ -91,6 +105,7 @@ def make_engine(url: str | URL, *, transactional_ddl: bool = False, **kwargs: An
     any transaction). PostgreSQL's DDL is transactional anyway.
     """
     parsed = make_url(url)
+    kwargs.setdefault("json_serializer", compact_json)
     if parsed.get_backend_name() == "sqlite":
         connect_args = {"check_same_thread": False}
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from server.api.models import enrollment_proof_message
@@ -248,7 +248,8 @@ def enroll_device(
     if row.expires_at <= now:
         raise EnrollmentRefused("enrollment code expired", code_id=row.id)
 
-    existing = session.scalar(select(Device).where(Device.serial == serial))
+    # Serials that differ only in case are one machine's: "sn-1" cannot become a second "SN-1".
+    existing = session.scalar(select(Device).where(func.lower(Device.serial) == serial.lower()))
     method: EnrollMethod
     if row.for_device_id is not None:
         device = session.get(Device, row.for_device_id)

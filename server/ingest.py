@@ -8,7 +8,6 @@ device whose clock runs ahead cannot make a report look newer than the ones afte
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from server.api.models import HealthPayload, HeartbeatPayload, InventoryPayload, ReportIn
 from server.audit import record_audit
+from server.db import compact_json
 from server.models import (
     HEALTH_STATUSES,
     VERSION_MAX_CHARS,
@@ -72,9 +72,9 @@ def seconds_to_next_day(moment: datetime) -> int:
 
 
 def payload_size(payload: dict[str, Any]) -> int:
-    """Return the bytes of ``payload`` as compact UTF-8 JSON: what a report costs the budget."""
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return len(text.encode("utf-8", "replace"))
+    """Return the bytes of ``payload`` as stored (:func:`server.db.compact_json`): what a report
+    costs its device's budget."""
+    return len(compact_json(payload).encode("utf-8"))
 
 
 def clean_text(value: Any, max_chars: int) -> str | None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from server.api.routes import agent, audit, devices, enroll, login, users
 from server.config import ServerSettings
 
 API_PREFIX = "/api/v1"
+
+log = logging.getLogger(__name__)
 
 # Answers any operation may give for reasons outside its own code, added to the OpenAPI of every
 # operation that can give them (a documented status is one a client must be ready for).
@@ -29,6 +34,8 @@ _BODY_ERRORS = {
     "422": "the body or a parameter does not match the schema",
 }
 _AUTH_ERRORS = {"401": "no credentials, or unknown, revoked or expired ones"}
+_ANY_ERRORS = {"503": "the database is busy or unreachable; retry after Retry-After seconds"}
+BUSY_RETRY_AFTER_S = 5
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -41,6 +48,17 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
+async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+    """Answer 503 with ``Retry-After`` when no database connection could be had in time (every
+    one is taken by requests waiting on the database) or the database refused or lost one."""
+    log.warning("%s %s: database busy or unreachable: %s", request.method, request.url.path, str(exc).splitlines()[0])
+    return JSONResponse(
+        status_code=503,
+        content={"detail": "the server is busy; retry shortly"},
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+    )
+
+
 def _error_response(description: str) -> dict[str, Any]:
     schema = {"$ref": f"#/components/schemas/{_ERROR_SCHEMA_NAME}"}
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -48,13 +66,13 @@ def _error_response(description: str) -> dict[str, Any]:
 
 def document_common_errors(openapi: dict[str, Any]) -> dict[str, Any]:
     """Return ``openapi`` with the answers every operation may give listed where they apply:
-    400, 413 and 422 where it takes a body, 401 where it needs credentials."""
+    400, 413 and 422 where it takes a body, 401 where it needs credentials, 503 everywhere."""
     openapi.setdefault("components", {}).setdefault("schemas", {})[_ERROR_SCHEMA_NAME] = _ERROR_SCHEMA
     for operations in openapi.get("paths", {}).values():
         for operation in operations.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
-            extra: dict[str, str] = {}
+            extra: dict[str, str] = dict(_ANY_ERRORS)
             if "requestBody" in operation:
                 extra.update(_BODY_ERRORS)
             if operation.get("security"):
@@ -85,4 +103,6 @@ def include_api(app: FastAPI, settings: ServerSettings) -> None:
     app.include_router(devices.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(PoolTimeoutError, _database_busy)
+    app.add_exception_handler(OperationalError, _database_busy)
     _install_openapi(app)

@@ -13,6 +13,7 @@ import binascii
 import math
 import re
 import struct
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -121,11 +122,20 @@ OptionalLabel = Annotated[
     AfterValidator(_printable),
     AfterValidator(check_name),
 ]
+
+
+def _plain_serial(value: str) -> str:
+    if unicodedata.normalize("NFKC", value) != value:
+        raise ValueError("use plain characters: fullwidth or compatibility forms would look like another serial")
+    return value
+
+
 Serial = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
     AfterValidator(_printable),
     AfterValidator(check_name),
+    AfterValidator(_plain_serial),
 ]
 AgentVersion = Annotated[
     str,

@@ -76,13 +76,14 @@ router = APIRouter(include_in_schema=False)
 
 
 def _as_datetime(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return as_utc(value)
-    if isinstance(value, str) and value:
-        try:
+    # A device's report may carry any time: one that UTC cannot hold is shown as the text it is.
+    try:
+        if isinstance(value, datetime):
+            return as_utc(value)
+        if isinstance(value, str) and value:
             return as_utc(datetime.fromisoformat(value))
-        except ValueError:
-            return None
+    except (ValueError, OverflowError):
+        return None
     return None
 
 

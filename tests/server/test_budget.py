@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import LargeBinary, Text, func, select
 
 from agent.daemon import HeldReports, flush_outbox
 from agent.outbox import Outbox, new_report
@@ -103,6 +103,23 @@ def test_a_batch_larger_than_the_whole_budget_is_413_and_its_parts_fit(server: S
     assert stored_bytes(server) == 0
     assert server.post_reports(device, parts[:2]).status_code == 200
     assert server.post_reports(device, parts[2:]).status_code == 429
+
+
+def test_a_report_is_charged_the_bytes_it_takes_in_the_database(server: ServerHelper) -> None:
+    """Escaped characters (4-byte emoji as ``\\ud83d\\ude00``) or spaced separators would store
+    more than the budget counts."""
+    device = server.enroll()
+    payloads = [{"blob": "\U0001f600" * 1_000}, {"list": [0] * 1_000}, {"text": "Grüße, 東京"}]
+    sent = server.post_reports(device, [report("events", p, server.clock()) for p in payloads])
+    assert sent.status_code == 200
+    with server.sessionmaker() as session:
+        if session.bind.dialect.name == "sqlite":
+            on_disk = func.length(func.cast(Report.payload, LargeBinary))
+        else:
+            on_disk = func.octet_length(func.cast(Report.payload, Text))
+        rows = session.execute(select(Report.size, on_disk)).all()
+    assert len(rows) == 3 and all(size == actual for size, actual in rows), rows
+    assert stored_bytes(server) == sum(actual for _size, actual in rows)
 
 
 def test_one_devices_budget_is_its_own(server: ServerHelper) -> None:

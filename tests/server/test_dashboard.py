@@ -435,6 +435,23 @@ def test_device_page_renders_skipped_failed_and_odd_collectors(server: ServerHel
     assert server.client.get("/").status_code == 200
 
 
+def test_device_page_shows_times_that_utc_cannot_hold_as_text(server: ServerHelper) -> None:
+    """A device cannot take its own page down with a time at the edge of the calendar."""
+    device = server.enroll("SN-EDGE")
+    server.user("sam", "support")
+    log_in(server.client, "sam")
+    edge = inventory()
+    edge["collectors"]["system"] = {"status": "ok", "data": {"boot_time": "9999-12-31T23:59:59-14:00"}}
+    edge_health = {**health("OK"), "generated_at": "0001-01-01T00:00:00+14:00"}
+    stored = server.post_reports(
+        device, [report("inventory", edge, server.clock()), report("health", edge_health, server.clock())]
+    )
+    assert stored.status_code == 200
+    page = server.client.get(f"/devices/{device.id}")
+    assert page.status_code == 200
+    assert "9999-12-31T23:59:59-14:00" in page.text or "0001-01-01T00:00:00+14:00" in page.text
+
+
 def test_run_checks_now_queues_a_command_and_shows_its_result(
     server: ServerHelper, fleet: dict[str, EnrolledDevice]
 ) -> None:

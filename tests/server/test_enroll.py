@@ -71,13 +71,20 @@ def test_same_serial_with_a_code_alone_is_asked_for_proof_and_keeps_its_token(se
         assert [(a.target, a.details["serial"]) for a in audit] == [(f"device:{first.id}", "SN-7")]
 
 
-def test_refused_codes_are_audited(server: ServerHelper) -> None:
-    response = server.client.post("/api/v1/enroll", json=server.enroll_body("AAAA-BBBB-CCCC", serial="SN-3"))
+def test_refused_codes_are_audited_and_made_up_ones_are_not(server: ServerHelper) -> None:
+    """A used or expired code is an attempt worth the audit log; a made-up one is anyone's guess
+    and must not let an unauthenticated client write to the append-only log without end."""
+    for _ in range(20):
+        made_up = server.client.post("/api/v1/enroll", json=server.enroll_body("AAAA-BBBB-CCCC", serial="SN-3"))
+        assert made_up.status_code == 403 and made_up.json()["detail"] == "unknown enrollment code"
+    expired = server.code(ttl_s=60)
+    server.clock.advance(61)
+    response = server.client.post("/api/v1/enroll", json=server.enroll_body(expired, serial="SN-3"))
     assert response.status_code == 403
     with server.sessionmaker() as session:
         (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "enrollment.refused")).all()
         assert (event.actor, event.target, event.address) == ("device:SN-3", "serial:SN-3", "testclient")
-        assert event.details["reason"] == "unknown enrollment code"
+        assert event.details["reason"] == "enrollment code expired"
 
 
 def test_bad_ssh_key_is_422(server: ServerHelper) -> None:

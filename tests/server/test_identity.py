@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from agent.identity import ensure_device_key, sign_with_device_key
 from agent.uplink import enrollment_proof_message as agent_proof_message
@@ -99,6 +99,16 @@ def ask_challenge(server: ServerHelper, machine: Machine, code: str, **overrides
 
 
 # ---------------------------------------------------------------- takeover
+
+
+def test_a_serial_in_other_case_or_fullwidth_is_no_second_device(server: ServerHelper) -> None:
+    device = enroll_new(server, Machine("PRESS-7"), "Acme")
+    lookalike = ask_challenge(server, Machine("press-7"), server.code())
+    assert lookalike["device_id"] == device.id  # the same machine's serial: proof, or nothing
+    fullwidth = server.client.post(ENROLL, json=Machine("\uff30\uff32\uff25\uff33\uff33-7").body(server, server.code()))
+    assert fullwidth.status_code == 422 and "plain characters" in fullwidth.text
+    with server.sessionmaker() as session:
+        assert session.scalar(select(func.count()).select_from(Device)) == 1
 
 
 def test_another_customers_code_cannot_take_over_a_known_serial(server: ServerHelper) -> None:

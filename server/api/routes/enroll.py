@@ -105,7 +105,8 @@ def enroll(
     except EnrollmentRefused as exc:
         session.rollback()
         log.warning("enrollment of serial %r from %s refused: %s", body.serial, address, exc.reason)
-        _record_refusal(session, body, exc, now, address)
+        if exc.code_id is not None:  # a real code was used: an attempt worth the audit log
+            _record_refusal(session, body, exc, now, address)
         if isinstance(exc, ProofRequired):
             challenge = EnrollChallengeOut(
                 detail=exc.reason, device_id=exc.device_id or 0, challenge=exc.challenge, expires_at=exc.expires_at
