@@ -31,6 +31,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 # Idle keep-alive TLS connections would otherwise hold a stop for asyncio's 30 s TLS shutdown.
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 5
+MAX_ROW_ID = 2**31 - 1
+MAX_CODE_TTL_S = 365 * 86400  # a code is for one machine's installation, not for keeps
 
 
 class CliError(Exception):
@@ -52,6 +54,17 @@ def _common_options() -> argparse.ArgumentParser:
     )
     parent.add_argument("-v", "--verbose", action="store_true", help="log more")
     return parent
+
+
+def _row_id(text: str) -> int:
+    """Return ``text`` as a row id (1 to 2**31 - 1); raise ArgumentTypeError otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= value <= MAX_ROW_ID:
+        raise argparse.ArgumentTypeError(f"{text} is not an id (1 to {MAX_ROW_ID})")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,14 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--json", action="store_true", help="print JSON for scripts")
     revoke = user_commands.add_parser("revoke-token", parents=[common], help="revoke one of a user's API tokens")
     revoke.add_argument("name")
-    revoke.add_argument("token_id", type=int, metavar="TOKEN_ID")
+    revoke.add_argument("token_id", type=_row_id, metavar="TOKEN_ID")
 
     code = commands.add_parser("enrollment-code", parents=[common], help="print a one-time enrollment code")
     code_for = code.add_mutually_exclusive_group()
     code_for.add_argument("--customer", help="the customer a new device enrolled with it belongs to")
     code_for.add_argument(
         "--device",
-        type=int,
+        type=_row_id,
         metavar="ID",
         help="re-enroll this device (a reinstall that kept nothing): same id and customer, new key",
     )
@@ -135,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     device_list.add_argument("--unassigned", action="store_true", help="only devices without a customer")
     device_list.add_argument("--json", action="store_true", help="print JSON for scripts")
     assign = device_commands.add_parser("assign", parents=[common], help="assign a device to a customer")
-    assign.add_argument("device_id", type=int, metavar="ID")
+    assign.add_argument("device_id", type=_row_id, metavar="ID")
     assign_to = assign.add_mutually_exclusive_group(required=True)
     assign_to.add_argument("--customer", metavar="NAME", help="the customer (created when new)")
     assign_to.add_argument("--unassign", action="store_true", help="leave the device without a customer")
@@ -229,7 +242,7 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def _cmd_user_add(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from server.audit import record_audit
     from server.auth import hash_password
@@ -256,8 +269,12 @@ def _cmd_user_add(args: argparse.Namespace) -> int:
     try:
         require_current_schema(engine)
         with make_sessionmaker(engine)() as session:
-            if session.scalar(select(User).where(User.name == name)) is not None:
-                raise CliError(f"user {name!r} exists already")
+            # The login limiter counts names without case: "Root" and "root" would share it.
+            same = session.scalar(select(User).where(func.lower(User.name) == name.lower()))
+            if same is not None:
+                raise CliError(
+                    f"user {same.name!r} exists already" + (" (names differ in case only)" if same.name != name else "")
+                )
             password = _read_password(args.password_stdin)
             now = utc_now()
             customer = get_or_create_customer(session, args.customer, now) if args.customer else None
@@ -412,8 +429,8 @@ def _cmd_enrollment_code(args: argparse.Namespace) -> int:
         ttl_s = parse_duration_s(args.ttl)
     except ValueError as exc:
         raise CliError(f"--ttl: {exc}") from None
-    if ttl_s <= 0:
-        raise CliError("--ttl must be positive")
+    if not 0 < ttl_s <= MAX_CODE_TTL_S:
+        raise CliError(f"--ttl must be positive and at most {MAX_CODE_TTL_S // 86400} days")
     customer = args.customer.strip() if args.customer else None
     settings = _settings(args)
     engine = make_engine(settings.database_url)

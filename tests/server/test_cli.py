@@ -107,6 +107,9 @@ def test_user_add_refuses_a_duplicate(
     _stdin(monkeypatch, "long enough\n")
     assert main(["user", "add", "anna", "--role", "admin", *args]) == 1
     assert "user 'anna' exists already" in capsys.readouterr().err
+    _stdin(monkeypatch, "long enough\n")
+    assert main(["user", "add", "Anna", "--role", "customer", "--customer", "Acme", *args]) == 1
+    assert "user 'anna' exists already (names differ in case only)" in capsys.readouterr().err
 
 
 def test_enrollment_code_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,6 +148,25 @@ def test_bad_ttl_and_bad_tls_flags_are_errors(args: list[str], capsys: pytest.Ca
     assert "--ttl" in capsys.readouterr().err
     assert main(["run", "--tls-cert", "/etc/hostname", *args]) == 1
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    assert main(["enrollment-code", "--ttl", "999999999d", *args]) == 1
+    assert "--ttl must be positive and at most 365 days" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["enrollment-code", "--device", "99999999999999999999"],
+        ["device", "assign", "99999999999999999999", "--unassign"],
+        ["user", "revoke-token", "root", "99999999999999999999"],
+        ["user", "revoke-token", "root", "0"],
+    ],
+)
+def test_absurd_ids_are_usage_errors(args: list[str], argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not an id (1 to 2147483647)" in err and "Traceback" not in err
 
 
 def test_unreachable_database_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,6 +49,22 @@ def test_form_login_works(server: ServerHelper) -> None:
     assert server.client.get("/api/v1/audit").status_code == 200
 
 
+def test_a_cross_site_form_can_neither_log_a_browser_in_nor_out(server: ServerHelper) -> None:
+    """Login CSRF: another site's form posting the attacker's credentials would put the victim's
+    browser in the attacker's account (and what the victim then types would be the attacker's)."""
+    server.user("eve", "support")
+    server.user("anna", "admin")
+    evil = {"Origin": "https://evil.example"}
+    forged = server.client.post("/api/v1/login", data={"name": "eve", "password": PASSWORD}, headers=evil)
+    assert forged.status_code == 403 and "set-cookie" not in forged.headers
+    own = server.client.post(
+        "/api/v1/login", data={"name": "anna", "password": PASSWORD}, headers={"Origin": "http://testserver"}
+    )
+    assert own.status_code == 200
+    assert server.client.post("/api/v1/logout", headers=evil).status_code == 403
+    assert server.client.get("/api/v1/users/me").json()["name"] == "anna"  # still logged in
+
+
 def test_cookie_is_secure_behind_https(server: ServerHelper) -> None:
     server.user("anna", "support")
     response = server.client.post("https://testserver/api/v1/login", json={"name": "anna", "password": PASSWORD})

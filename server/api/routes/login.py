@@ -14,6 +14,7 @@ import json
 import logging
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -166,10 +167,26 @@ def _check_password(
     return user, token
 
 
+def refuse_cross_site(request: Request, settings: SettingsDep) -> None:
+    """Raise 403 for a request a browser sent from another site (its ``Origin`` is neither this
+    server's ``Host`` nor the public URL): a cross-site form must not log a victim's browser into
+    the sender's account or out of its own. Clients that send no ``Origin`` are not browsers."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    allowed = {request.headers.get("host", "")}
+    if settings.public_url:
+        allowed.add(urlsplit(settings.public_url).netloc)
+    if urlsplit(origin).netloc not in allowed:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="cross-site request refused")
+
+
 @router.post(
     "/login",
     openapi_extra=_LOGIN_BODY_DOC,
+    dependencies=[Depends(refuse_cross_site)],
     responses={
+        403: {"description": "sent by a browser from another site"},
         400: {"description": "the body is not JSON"},
         401: {"description": "wrong name or password (or a disabled user)"},
         415: {"description": "neither JSON nor a form"},
@@ -206,7 +223,12 @@ async def login(
     return await run_in_threadpool(user_public, session, user)
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Depends(refuse_cross_site)],
+    responses={403: {"description": "sent by a browser from another site"}},
+)
 def logout(
     request: Request,
     session: SessionDep,
