@@ -268,10 +268,16 @@ def disable_user(
     if user.disabled_at is not None:
         raise UserChangeRefused(f"user {user.name!r} is disabled already")
     if user.role == "admin":
+        # Two admins disabling each other at once must not leave none: lock the admins' rows
+        # (PostgreSQL), write (which takes SQLite's write lock), and only then count.
+        session.execute(select(User.id).where(User.role == "admin").order_by(User.id).with_for_update())
+        user.disabled_at = now
+        session.flush()
         admins = session.scalar(
             select(func.count()).select_from(User).where(User.role == "admin", User.disabled_at.is_(None))
         )
-        if (admins or 0) <= 1:
+        if not admins:
+            session.rollback()
             raise UserChangeRefused(f"{user.name!r} is the last enabled admin")
     user.disabled_at = now
     revoked = revoke_credentials(session, user)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import threading
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
-from server.models import AuditEvent
+from server.models import AuditEvent, User
+from server.users import UserChangeRefused, disable_user
 from tests.server.conftest import PASSWORD, ServerHelper
 from tests.server.test_dashboard import csrf_token_of, log_in
 
@@ -56,6 +59,46 @@ def test_an_admin_cannot_disable_themselves_or_the_last_enabled_admin(server: Se
     assert server.client.post(f"/api/v1/users/{ids['ada']}/disable", headers=root).status_code == 200
     assert server.client.get("/api/v1/users", headers=second).status_code == 401  # ada's token is gone
     assert server.client.get(f"/api/v1/users/{ids['root']}", headers=root).json()["disabled_at"] is None
+
+
+def test_two_admins_disabling_each_other_at_once_leave_one_enabled(server: ServerHelper) -> None:
+    for attempt in range(5):
+        names = (f"root{attempt}", f"ada{attempt}")
+        for name in names:
+            server.user(name, "admin")
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def disable(target: str, actor: str, barrier: threading.Barrier, outcomes: list[str]) -> None:
+            with server.sessionmaker() as session:
+                user = session.scalar(select(User).where(User.name == target))
+                by = session.scalar(select(User).where(User.name == actor))
+                assert user is not None and by is not None
+                barrier.wait()
+                try:
+                    disable_user(session, user, now=server.clock(), actor=f"user:{actor}", by=by)
+                    session.commit()
+                    outcomes.append("disabled")
+                except UserChangeRefused as exc:
+                    outcomes.append(str(exc))
+                except OperationalError:  # PostgreSQL's deadlock detector may end one; never both
+                    outcomes.append("retry")
+
+        threads = [threading.Thread(target=disable, args=(*pair, barrier, outcomes)) for pair in (names, names[::-1])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        with server.sessionmaker() as session:
+            enabled = session.scalars(
+                select(User.name).where(User.role == "admin", User.disabled_at.is_(None), User.name.in_(names))
+            ).all()
+            # Leave one enabled admin in all: the next round's pair are then not the last ones.
+            for user in session.scalars(select(User).where(User.name.in_(names))):
+                user.role = "support"
+            session.commit()
+        assert len(enabled) == 1, (attempt, outcomes)
+        assert "disabled" in outcomes, outcomes
 
 
 def test_an_admin_sets_a_password_and_the_users_credentials_end(server: ServerHelper) -> None:
