@@ -31,7 +31,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 # Idle keep-alive TLS connections would otherwise hold a stop for asyncio's 30 s TLS shutdown.
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 5
-MAX_ROW_ID = 2**31 - 1
 MAX_CODE_TTL_S = 365 * 86400  # a code is for one machine's installation, not for keeps
 
 
@@ -58,6 +57,8 @@ def _common_options() -> argparse.ArgumentParser:
 
 def _row_id(text: str) -> int:
     """Return ``text`` as a row id (1 to 2**31 - 1); raise ArgumentTypeError otherwise."""
+    from server.models import MAX_ROW_ID
+
     try:
         value = int(text)
     except ValueError:

@@ -29,6 +29,7 @@ from server.db import Base
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 NAME_MAX_CHARS = 200
+MAX_ROW_ID = 2**31 - 1  # the largest id an INTEGER key holds on PostgreSQL
 SERIAL_MAX_CHARS = 128
 VERSION_MAX_CHARS = 64
 SSH_KEY_MAX_CHARS = 200

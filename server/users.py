@@ -209,11 +209,24 @@ def end_session(
     )
 
 
-def revoke_credentials(session: Session, user: User) -> Revoked:
-    """Delete all of ``user``'s sessions and API tokens; return how many of each."""
+def _revoke_credentials_audited(
+    session: Session, user: User, action: str, *, now: datetime, actor: str, address: str | None
+) -> Revoked:
+    """Delete all of ``user``'s sessions and API tokens, audit ``action`` saying how many of
+    each; return them."""
     sessions = session.execute(delete(UserSession).where(UserSession.user_id == user.id)).rowcount
     tokens = session.execute(delete(ApiToken).where(ApiToken.user_id == user.id)).rowcount
-    return Revoked(sessions=sessions or 0, tokens=tokens or 0)
+    revoked = Revoked(sessions=sessions or 0, tokens=tokens or 0)
+    record_audit(
+        session,
+        at=now,
+        actor=actor,
+        action=action,
+        target=f"user:{user.name}",
+        details={"sessions_revoked": revoked.sessions, "tokens_revoked": revoked.tokens},
+        address=address,
+    )
+    return revoked
 
 
 # ---------------------------------------------------------------- changes
@@ -236,17 +249,7 @@ def set_password(
     if problem:
         raise UserChangeRefused(problem)
     user.password_hash = hash_password(password)
-    revoked = revoke_credentials(session, user)
-    record_audit(
-        session,
-        at=now,
-        actor=actor,
-        action="user.password",
-        target=f"user:{user.name}",
-        details={"sessions_revoked": revoked.sessions, "tokens_revoked": revoked.tokens},
-        address=address,
-    )
-    return revoked
+    return _revoke_credentials_audited(session, user, "user.password", now=now, actor=actor, address=address)
 
 
 def disable_user(
@@ -280,17 +283,7 @@ def disable_user(
             session.rollback()
             raise UserChangeRefused(f"{user.name!r} is the last enabled admin")
     user.disabled_at = now
-    revoked = revoke_credentials(session, user)
-    record_audit(
-        session,
-        at=now,
-        actor=actor,
-        action="user.disable",
-        target=f"user:{user.name}",
-        details={"sessions_revoked": revoked.sessions, "tokens_revoked": revoked.tokens},
-        address=address,
-    )
-    return revoked
+    return _revoke_credentials_audited(session, user, "user.disable", now=now, actor=actor, address=address)
 
 
 def enable_user(session: Session, user: User, *, now: datetime, actor: str, address: str | None = None) -> None:

@@ -14,10 +14,9 @@ from sqlalchemy.orm import Session
 
 from server.auth import DEVICE_TOKEN_PREFIX, SESSION_COOKIE_NAME, USER_TOKEN_PREFIX, hash_token
 from server.config import ServerSettings
-from server.models import ApiToken, Device, User
+from server.models import MAX_ROW_ID, ApiToken, Device, User
 from server.users import session_of_token
 
-MAX_ROW_ID = 2**31 - 1
 API_TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
 
 device_bearer = HTTPBearer(scheme_name="DeviceToken", description="device token (tmd_...)", auto_error=False)

@@ -72,6 +72,8 @@ PAGE_HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
+FORM_EXPIRED = "The form had expired; reload the page and try again."
+
 # ---------------------------------------------------------------- template filters
 
 
@@ -269,12 +271,18 @@ def _csrf_refused(request: Request, settings: ServerSettings, token: str) -> boo
     return not csrf.csrf_token_valid(_secret(settings), request.cookies.get(SESSION_COOKIE_NAME), token)
 
 
-def _visible_device(device_id: str, session: Session, user: User) -> Device | None:
+def _row_id(text: str) -> int | None:
+    """Return the row id a path segment names, or None when it names none."""
     try:
-        number = int(device_id)
+        number = int(text)
     except ValueError:
         return None
-    if not 1 <= number <= MAX_ROW_ID:
+    return number if 1 <= number <= MAX_ROW_ID else None
+
+
+def _visible_device(device_id: str, session: Session, user: User) -> Device | None:
+    number = _row_id(device_id)
+    if number is None:
         return None
     try:
         return get_visible_device(device_id=number, session=session, user=user)
@@ -527,7 +535,7 @@ def device_command(
     """Queue an allowlisted command through the API (support and admins only), then show the device."""
     user_context = _user_context(request, session, settings, user)
     if _csrf_refused(request, settings, csrf_token):
-        return _error_page(request, 403, "The form had expired; reload the page and try again.", user_context)
+        return _error_page(request, 403, FORM_EXPIRED, user_context)
     device = _visible_device(device_id, session, user)
     if device is None:
         return _error_page(request, 404, "There is no such device, or it is not yours to see.", user_context)
@@ -563,7 +571,7 @@ def device_assign(
     """Assign the device to a customer, or unassign it, through the API (admins only), then show it."""
     user_context = _user_context(request, session, settings, user)
     if _csrf_refused(request, settings, csrf_token):
-        return _error_page(request, 403, "The form had expired; reload the page and try again.", user_context)
+        return _error_page(request, 403, FORM_EXPIRED, user_context)
     device = _visible_device(device_id, session, user)
     if device is None:
         return _error_page(request, 404, "There is no such device, or it is not yours to see.", user_context)

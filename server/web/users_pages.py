@@ -15,14 +15,23 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.api.deps import MAX_ROW_ID, ClientAddress, Login, NowDep, SessionDep, SettingsDep, require_admin
+from server.api.deps import ClientAddress, Login, NowDep, SessionDep, SettingsDep, require_admin
 from server.api.models import PasswordChangeIn, PasswordIn
 from server.api.routes import login as login_api
 from server.api.routes import users as users_api
 from server.auth import SESSION_COOKIE_NAME, hash_token
 from server.config import ServerSettings
 from server.models import User, UserSession
-from server.web.routes import WebUser, _copy_cookies, _csrf_refused, _error_page, _user_context, render
+from server.web.routes import (
+    FORM_EXPIRED,
+    WebUser,
+    _copy_cookies,
+    _csrf_refused,
+    _error_page,
+    _row_id,
+    _user_context,
+    render,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,15 +45,6 @@ USER_NOTICES = {
     "enabled": "The user was enabled again.",
     "revoked": "The API token was revoked.",
 }
-FORM_EXPIRED = "The form had expired; reload the page and try again."
-
-
-def _row_id(text: str) -> int | None:
-    try:
-        number = int(text)
-    except ValueError:
-        return None
-    return number if 1 <= number <= MAX_ROW_ID else None
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS
+from tests.integration.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, log_in
 from tests.processes import AGENT_COMMAND, ServerProcess, clean_environ, run_checked
 from tests.realparts import require
 
@@ -55,14 +54,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
 
 
-def _log_in(page: Any, url: str, name: str, password: str) -> None:
-    page.goto(url + "/login")
-    page.fill("#name", name)
-    page.fill("#password", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(url + "/")
-
-
 def test_an_admin_assigns_an_unassigned_device_that_its_customer_then_sees(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -87,14 +78,14 @@ def test_an_admin_assigns_an_unassigned_device_that_its_customer_then_sees(
         try:
             viewer = browser.new_context().new_page()
             viewer.set_default_timeout(PAGE_TIMEOUT_MS)
-            _log_in(viewer, server.url, "carl", VIEWER_PASSWORD)
+            log_in(viewer, server.url, "carl", VIEWER_PASSWORD)
             assert viewer.locator("tr.device").count() == 0  # claimed, not assigned: not theirs
             missing = viewer.goto(f"{server.url}/devices/{device_id}")
             assert missing is not None and missing.status == 404
 
             admin = browser.new_context().new_page()
             admin.set_default_timeout(PAGE_TIMEOUT_MS)
-            _log_in(admin, server.url, "ada", ADMIN_PASSWORD)
+            log_in(admin, server.url, "ada", ADMIN_PASSWORD)
             row = admin.locator("tr.device", has_text="press-12")
             assert "unassigned" in row.inner_text()
             row.locator("a", has_text="press-12").click()

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,15 @@ health:
       path: {camera_version}
       warning: 400d
 """
+
+
+def log_in(page: Any, url: str, name: str, password: str) -> None:
+    """Log ``name`` in on the dashboard's login page and wait for the device list."""
+    page.goto(url + "/login")
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/")
 
 
 @pytest.fixture

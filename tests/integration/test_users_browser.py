@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS
+from tests.integration.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, log_in
 from tests.processes import ServerProcess
 from tests.realparts import require
 
@@ -25,14 +24,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
 
 
-def _log_in(page: Any, url: str, name: str, password: str) -> None:
-    page.goto(url + "/login")
-    page.fill("#name", name)
-    page.fill("#password", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(url + "/")
-
-
 def test_an_admin_disables_a_user_whose_open_session_ends_on_the_next_click(server: ServerProcess) -> None:
     require(CHROMIUM, "chromium")
     from playwright.sync_api import sync_playwright
@@ -44,12 +35,12 @@ def test_an_admin_disables_a_user_whose_open_session_ends_on_the_next_click(serv
         try:
             sam = browser.new_context().new_page()
             sam.set_default_timeout(PAGE_TIMEOUT_MS)
-            _log_in(sam, server.url, "sam", SUPPORT_PASSWORD)
+            log_in(sam, server.url, "sam", SUPPORT_PASSWORD)
             assert sam.locator("nav a", has_text="Users").count() == 0
 
             ada = browser.new_context().new_page()
             ada.set_default_timeout(PAGE_TIMEOUT_MS)
-            _log_in(ada, server.url, "ada", ADMIN_PASSWORD)
+            log_in(ada, server.url, "ada", ADMIN_PASSWORD)
             ada.click("nav a:has-text('Users')")
             ada.wait_for_url(server.url + "/users")
             row = ada.locator("tr.user[data-name=sam]")
